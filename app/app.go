@@ -1,0 +1,151 @@
+// Package app assembles the relay from a validated config: queue, upstream
+// client, scheduler and listener. It is the program object with Start and
+// Stop that both the command line and the service manager drive.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/certs"
+	"github.com/icloud-relay/icloud-relay/relay"
+	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/upstream"
+)
+
+// App is a configured relay.
+type App struct {
+	cfg    *config.Config
+	log    zerolog.Logger
+	q      *queue.Queue
+	up     *upstream.Client
+	sched  *relay.Scheduler
+	srv    *relay.Server
+	cancel context.CancelFunc
+}
+
+// New checks what can be checked before starting (queue directory, CA file,
+// local TLS certificate) and builds the parts.
+func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
+	a := &App{cfg: cfg, log: log}
+	q, err := queue.Open(cfg.Queue.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("queue.dir %s: %w", cfg.Queue.Dir, err)
+	}
+	a.q = q
+	roots, err := upstream.LoadRoots(cfg.Upstream.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("upstream.ca_file: %w", err)
+	}
+	u := cfg.Upstream
+	a.up = upstream.New(upstream.Config{
+		Host: u.Host, StartTLSPort: u.StartTLSPort, TLSPort: u.TLSPort,
+		Username: u.Username, Password: u.Password.Reveal(), RootCAs: roots,
+		HeloName: u.HeloName, ConnectTimeout: u.ConnectTimeout.D(), Timeout: u.Timeout.D(),
+		ReprobeInterval: u.ReprobeInterval.D(),
+		Trace: func(e upstream.Event) {
+			log.Debug().Str("stage", string(e.Stage)).Int("port", e.Port).Msg(e.Detail)
+		},
+	})
+	d := cfg.Delivery
+	a.sched = relay.NewScheduler(q, a.up, relay.Policy{
+		Workers: d.Workers, SyncWindow: d.SyncWindow.D(), RetryMin: d.RetryMin.D(), RetryMax: d.RetryMax.D(),
+		MaxAge: d.MaxAge.D(), ProbeInterval: d.ProbeInterval.D(), AuthPause: d.AuthPause.D(),
+	}, log)
+
+	l := cfg.Listen
+	lc := relay.ListenConfig{
+		Addrs: listenAddrs(l.Addr), Allow: l.AllowNets, Users: map[string]string{},
+		Hostname: l.Hostname, MaxMessageSize: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
+		Timeout: l.Timeout.D(), SyncWindow: d.SyncWindow.D(),
+	}
+	for _, usr := range l.Users {
+		lc.Users[usr.Username] = usr.Password.Reveal()
+	}
+	if l.StartTLS {
+		cert, err := localCert(cfg)
+		if err != nil {
+			return nil, err
+		}
+		lc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	a.srv = relay.NewServer(lc, q, a.sched, log)
+	return a, nil
+}
+
+// listenAddrs adds the IPv6 loopback twin of an IPv4 loopback address, so
+// clients that resolve "localhost" to ::1 find the relay too.
+func listenAddrs(addr string) []string {
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil && host == "127.0.0.1" && port != "0" {
+		return []string{addr, net.JoinHostPort("::1", port)}
+	}
+	return []string{addr}
+}
+
+func localCert(cfg *config.Config) (tls.Certificate, error) {
+	l := cfg.Listen
+	if l.TLSCert != "" {
+		c, err := tls.LoadX509KeyPair(l.TLSCert, l.TLSKey)
+		if err != nil {
+			return c, fmt.Errorf("listen.tls_cert/tls_key: %w", err)
+		}
+		return c, nil
+	}
+	return certs.LoadOrCreateSelfSigned(filepath.Join(cfg.Queue.Dir, "tls"), l.Hostname, "localhost", "127.0.0.1", "::1")
+}
+
+// Start recovers the queue, starts delivery and opens the listener.
+func (a *App) Start() error {
+	rep, err := a.q.Recover()
+	if err != nil {
+		return err
+	}
+	if rep.TempRemoved+rep.OrphansRemoved+rep.FailsFinished > 0 || len(rep.Quarantined) > 0 {
+		a.log.Info().Str("stage", "queue").Int("temp_removed", rep.TempRemoved).Int("orphans_removed", rep.OrphansRemoved).
+			Int("fails_finished", rep.FailsFinished).Int("quarantined", len(rep.Quarantined)).Msg("queue recovered after an unclean stop")
+	}
+	for _, qe := range rep.Quarantined {
+		a.log.Error().Str("stage", "queue").Str("queue_id", qe.ID).Str("error", qe.Reason).
+			Str("remedy", "The entry was moved to the failed area; the sender should send it again.").
+			Msg("damaged queue entry quarantined")
+	}
+	if err := a.srv.Listen(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	if err := a.sched.Start(ctx); err != nil {
+		cancel()
+		a.srv.Close()
+		return err
+	}
+	a.srv.Serve()
+	a.log.Info().Str("upstream", a.cfg.Upstream.Host).Int("starttls_port", a.cfg.Upstream.StartTLSPort).
+		Int("tls_port", a.cfg.Upstream.TLSPort).Str("username", a.cfg.Upstream.Username).
+		Str("queue_dir", a.cfg.Queue.Dir).Msg("relay started")
+	return nil
+}
+
+// Addr is the listener's first address.
+func (a *App) Addr() net.Addr { return a.srv.Addr() }
+
+// Stop stops accepting, lets client sessions finish until ctx ends, then
+// stops delivery. Queued messages stay queued.
+func (a *App) Stop(ctx context.Context) error {
+	err := a.srv.Shutdown(ctx)
+	a.cancel()
+	a.sched.Wait()
+	a.log.Info().Int("queued", a.sched.Len()).Msg("relay stopped")
+	return err
+}
+
+// StopTimeout is how long a graceful stop may take.
+const StopTimeout = 20 * time.Second

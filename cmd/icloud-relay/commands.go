@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/icloud-relay/icloud-relay/app"
+	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/demo"
+	"github.com/icloud-relay/icloud-relay/logging"
+)
+
+// Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage or config error.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+type command struct {
+	name, summary string
+	run           func(args []string) int
+}
+
+func commands() []command {
+	return []command{
+		{"run", "relay mail in the foreground until interrupted", runCmd},
+		{"demo", "show the relay working against a built-in stand-in for iCloud (no account, no network)", demoCmd},
+		{"version", "print the version", versionCmd},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "icloud-relay: accepts mail from local clients on 127.0.0.1:2525 and sends it to iCloud Mail.")
+	fmt.Fprintln(w, "\nUsage: icloud-relay COMMAND [flags]   (icloud-relay COMMAND --help for its flags)")
+	fmt.Fprintln(w, "\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+}
+
+func dispatch(args []string) int {
+	if len(args) == 0 {
+		usage(os.Stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		usage(os.Stdout)
+		return exitOK
+	case "--version", "-version":
+		return versionCmd(nil)
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(args[1:])
+		}
+	}
+	fmt.Fprintf(os.Stderr, "icloud-relay: unknown command %q\n\n", args[0])
+	usage(os.Stderr)
+	return exitUsage
+}
+
+// parseFlags parses args; it returns false with the exit code to use when
+// the command should not go on (help asked for, or bad flags).
+func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
+	fs.SetOutput(os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK, false
+		}
+		return exitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "icloud-relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		fs.Usage()
+		return exitUsage, false
+	}
+	return exitOK, true
+}
+
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", "", "config file (default "+config.DefaultConfigPath()+")")
+}
+
+func loadConfig(path string) (*config.Config, bool) {
+	if path == "" {
+		path = config.DefaultConfigPath()
+		if _, err := os.Stat(path); err != nil {
+			fmt.Fprintf(os.Stderr, "icloud-relay: no config file: pass --config FILE or create %s (config.example.toml lists every option)\n", path)
+			return nil, false
+		}
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay: config error:\n%v\n", err)
+		return nil, false
+	}
+	return cfg, true
+}
+
+func runCmd(args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	cfgPath := configFlag(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "Usage: icloud-relay run [--config FILE]\n\nRelays mail in the foreground until SIGINT or SIGTERM.")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	cfg, ok := loadConfig(*cfgPath)
+	if !ok {
+		return exitUsage
+	}
+	log, closer, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File, Secrets: cfg.Secrets()}, os.Stderr)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay: log.file: %v\n", err)
+		return exitUsage
+	}
+	defer closer.Close()
+	a, err := app.New(cfg, log)
+	if err != nil {
+		log.Error().Err(err).Msg("cannot start")
+		return exitFailure
+	}
+	if err := a.Start(); err != nil {
+		log.Error().Err(err).Msg("cannot start")
+		return exitFailure
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	s := <-sig
+	log.Info().Str("signal", s.String()).Msg("stopping")
+	ctx, cancel := context.WithTimeout(context.Background(), app.StopTimeout)
+	defer cancel()
+	if err := a.Stop(ctx); err != nil {
+		log.Warn().Err(err).Msg("stop was not clean; queued messages are kept")
+	}
+	return exitOK
+}
+
+func demoCmd(args []string) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "Usage: icloud-relay demo\n\nStarts a stand-in for iCloud and the relay on loopback, sends a message through\nand shows each stage. Needs no account and no network.")
+	}
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := demo.Run(ctx, os.Stdout); err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay demo: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func versionCmd(args []string) int {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	fmt.Println("icloud-relay", version)
+	return exitOK
+}

@@ -1,0 +1,467 @@
+// Package config loads and validates icloud-relay's TOML configuration.
+//
+// Invariants: Load either returns a fully validated Config with every default
+// filled in, or an error that names the file, the line and the key of every
+// problem found (unknown keys included). The upstream password is held as a
+// Secret, which never prints itself.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	toml "github.com/pelletier/go-toml/v2"
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+// Config is the whole configuration. Field tags are the TOML key names that
+// DESIGN.md promises to users.
+type Config struct {
+	Listen   Listen   `toml:"listen"`
+	Upstream Upstream `toml:"upstream"`
+	Queue    Queue    `toml:"queue"`
+	Delivery Delivery `toml:"delivery"`
+	Log      Log      `toml:"log"`
+
+	// Path is the file the config came from ("" for defaults only).
+	Path string `toml:"-"`
+}
+
+// Listen configures the local SMTP listener.
+type Listen struct {
+	Addr           string   `toml:"addr"`
+	Allow          []string `toml:"allow"`
+	Users          []User   `toml:"users"`
+	StartTLS       bool     `toml:"starttls"`
+	TLSCert        string   `toml:"tls_cert"`
+	TLSKey         string   `toml:"tls_key"`
+	Hostname       string   `toml:"hostname"`
+	MaxMessageSize Size     `toml:"max_message_size"`
+	MaxRecipients  int      `toml:"max_recipients"`
+	Timeout        Duration `toml:"timeout"`
+
+	// AllowNets is Allow parsed; filled by Load.
+	AllowNets []netip.Prefix `toml:"-"`
+}
+
+// User is a local SMTP AUTH account (not the iCloud account).
+type User struct {
+	Username string `toml:"username"`
+	Password Secret `toml:"password"`
+}
+
+// Upstream configures the iCloud side.
+type Upstream struct {
+	Host            string   `toml:"host"`
+	StartTLSPort    int      `toml:"starttls_port"`
+	TLSPort         int      `toml:"tls_port"`
+	Username        string   `toml:"username"`
+	Password        Secret   `toml:"password"`
+	PasswordEnv     string   `toml:"password_env"`
+	PasswordFile    string   `toml:"password_file"`
+	CAFile          string   `toml:"ca_file"`
+	HeloName        string   `toml:"helo_name"`
+	ConnectTimeout  Duration `toml:"connect_timeout"`
+	Timeout         Duration `toml:"timeout"`
+	ReprobeInterval Duration `toml:"reprobe_interval"`
+}
+
+// Queue configures the durable spool.
+type Queue struct {
+	Dir string `toml:"dir"`
+}
+
+// Delivery configures workers and retry policy.
+type Delivery struct {
+	Workers       int      `toml:"workers"`
+	SyncWindow    Duration `toml:"sync_window"`
+	RetryMin      Duration `toml:"retry_min"`
+	RetryMax      Duration `toml:"retry_max"`
+	MaxAge        Duration `toml:"max_age"`
+	ProbeInterval Duration `toml:"probe_interval"`
+	AuthPause     Duration `toml:"auth_pause"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+	File   string `toml:"file"`
+}
+
+// Default returns the configuration used for every key the file leaves out.
+func Default() Config {
+	host, _ := os.Hostname()
+	return Config{
+		Listen: Listen{
+			Addr:           "127.0.0.1:2525",
+			StartTLS:       true,
+			Hostname:       "localhost",
+			MaxMessageSize: 20 << 20,
+			MaxRecipients:  500,
+			Timeout:        Duration(5 * time.Minute),
+		},
+		Upstream: Upstream{
+			Host:            "smtp.mail.me.com",
+			StartTLSPort:    587,
+			TLSPort:         465,
+			HeloName:        host,
+			ConnectTimeout:  Duration(15 * time.Second),
+			Timeout:         Duration(60 * time.Second),
+			ReprobeInterval: Duration(time.Hour),
+		},
+		Queue: Queue{Dir: filepath.Join(DefaultDataDir(), "queue")},
+		Delivery: Delivery{
+			Workers:       2,
+			SyncWindow:    Duration(10 * time.Second),
+			RetryMin:      Duration(30 * time.Second),
+			RetryMax:      Duration(time.Hour),
+			MaxAge:        Duration(72 * time.Hour),
+			ProbeInterval: Duration(5 * time.Second),
+			AuthPause:     Duration(time.Hour),
+		},
+		Log: Log{Level: "info"},
+	}
+}
+
+// DefaultDataDir is where the queue lives when queue.dir is not set.
+func DefaultDataDir() string {
+	switch runtime.GOOS {
+	case "windows":
+		if pd := os.Getenv("ProgramData"); pd != "" {
+			return filepath.Join(pd, "icloud-relay")
+		}
+	case "darwin":
+		if os.Geteuid() == 0 {
+			return "/Library/Application Support/icloud-relay"
+		}
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, "Library", "Application Support", "icloud-relay")
+		}
+	default:
+		if os.Geteuid() == 0 {
+			return "/var/lib/icloud-relay"
+		}
+		if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+			return filepath.Join(d, "icloud-relay")
+		}
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, ".local", "state", "icloud-relay")
+		}
+	}
+	return filepath.Join(os.TempDir(), "icloud-relay")
+}
+
+// KeyError is one problem with one key of the config file.
+type KeyError struct {
+	File string
+	Line int // 0 when the key is absent from the file (a default or a missing key)
+	Key  string
+	Msg  string
+}
+
+func (e *KeyError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			fmt.Fprintf(&b, ":%d", e.Line)
+		}
+		b.WriteString(": ")
+	} else if e.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	}
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Load reads, decodes and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &KeyError{File: path, Msg: fmt.Sprintf("cannot read config: %v", errors.Unwrap(err))}
+	}
+	cfg, err := Parse(data, path)
+	if err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Parse decodes and validates a config document; file names it in errors.
+func Parse(data []byte, file string) (*Config, error) {
+	cfg := Default()
+	cfg.Path = file
+	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, decodeError(err, file)
+	}
+	lines := keyLines(data)
+	if err := cfg.validate(file, lines); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func decodeError(err error, file string) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var errs []error
+		for _, e := range strict.Errors {
+			row, _ := e.Position()
+			errs = append(errs, &KeyError{File: file, Line: row, Key: strings.Join(e.Key(), "."),
+				Msg: "unknown key (see config.example.toml for the valid keys)"})
+		}
+		return errors.Join(errs...)
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, _ := de.Position()
+		return &KeyError{File: file, Line: row, Key: strings.Join(de.Key(), "."), Msg: de.Error()}
+	}
+	return &KeyError{File: file, Msg: err.Error()}
+}
+
+// keyLines maps each dotted key in the document to the line it is set on, so
+// that validation errors can point at the line to fix.
+func keyLines(data []byte) map[string]int {
+	lines := map[string]int{}
+	p := &unstable.Parser{}
+	p.Reset(data)
+	var table []string
+	for p.NextExpression() {
+		e := p.Expression()
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			table = keyParts(e.Key())
+		case unstable.KeyValue:
+			it := e.Key()
+			parts := append(append([]string{}, table...), keyParts(e.Key())...)
+			if it.Next() {
+				lines[strings.Join(parts, ".")] = p.Shape(it.Node().Raw).Start.Line
+			}
+		}
+	}
+	return lines
+}
+
+func keyParts(it unstable.Iterator) []string {
+	var parts []string
+	for it.Next() {
+		parts = append(parts, string(it.Node().Data))
+	}
+	return parts
+}
+
+func (c *Config) validate(file string, lines map[string]int) error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &KeyError{File: file, Line: lines[key], Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	// listen
+	host, port, splitErr := net.SplitHostPort(c.Listen.Addr)
+	if splitErr != nil {
+		bad("listen.addr", "%q is not host:port (example: \"127.0.0.1:2525\")", c.Listen.Addr)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		bad("listen.addr", "port %q is not a number from 0 to 65535", port)
+	}
+	allow := c.Listen.Allow
+	if len(allow) == 0 {
+		allow = []string{"127.0.0.0/8", "::1/128"}
+	}
+	c.Listen.AllowNets = nil
+	for _, a := range allow {
+		pfx, err := parsePrefix(a)
+		if err != nil {
+			bad("listen.allow", "%q is not an address or network (example: \"192.168.1.0/24\")", a)
+			continue
+		}
+		c.Listen.AllowNets = append(c.Listen.AllowNets, pfx)
+	}
+	if splitErr == nil && !isLoopbackHost(host) {
+		if len(c.Listen.Allow) == 0 || len(c.Listen.Users) == 0 {
+			bad("listen.addr", "%q is not a loopback address: listening beyond this machine needs both listen.allow (the networks that may connect) and [[listen.users]] (local SMTP logins), so the relay never becomes an open relay for your iCloud account", c.Listen.Addr)
+		}
+	}
+	for i, u := range c.Listen.Users {
+		if u.Username == "" || u.Password == "" {
+			bad("listen.users", "entry %d needs both username and password", i+1)
+		}
+	}
+	if (c.Listen.TLSCert == "") != (c.Listen.TLSKey == "") {
+		bad("listen.tls_cert", "tls_cert and tls_key must be set together")
+	}
+	if c.Listen.MaxMessageSize < 1024 {
+		bad("listen.max_message_size", "must be at least 1 KiB, got %d bytes", c.Listen.MaxMessageSize)
+	}
+	if c.Listen.MaxRecipients < 1 || c.Listen.MaxRecipients > 500 {
+		bad("listen.max_recipients", "must be from 1 to 500 (iCloud's per-message limit), got %d", c.Listen.MaxRecipients)
+	}
+	positive(bad, "listen.timeout", c.Listen.Timeout)
+
+	// upstream
+	if c.Upstream.Host == "" {
+		bad("upstream.host", "must not be empty")
+	}
+	portOK(bad, "upstream.starttls_port", c.Upstream.StartTLSPort)
+	portOK(bad, "upstream.tls_port", c.Upstream.TLSPort)
+	if c.Upstream.StartTLSPort == c.Upstream.TLSPort {
+		bad("upstream.tls_port", "must differ from upstream.starttls_port (%d)", c.Upstream.StartTLSPort)
+	}
+	if c.Upstream.Username == "" {
+		bad("upstream.username", "is required: your full iCloud address, e.g. \"name@icloud.com\"")
+	} else if !strings.Contains(c.Upstream.Username, "@") {
+		bad("upstream.username", "%q is not a full address: iCloud wants the whole address, e.g. \"%s@icloud.com\"", c.Upstream.Username, c.Upstream.Username)
+	}
+	if ke := c.resolvePassword(); ke != nil {
+		bad(ke.Key, "%s", ke.Msg)
+	}
+	if c.Upstream.CAFile != "" {
+		if _, err := os.Stat(c.Upstream.CAFile); err != nil {
+			bad("upstream.ca_file", "cannot read %q: %v", c.Upstream.CAFile, errors.Unwrap(err))
+		}
+	}
+	if c.Upstream.HeloName == "" || strings.EqualFold(c.Upstream.HeloName, "localhost") {
+		bad("upstream.helo_name", "must be this machine's real host name, not %q (iCloud may distrust a bare \"localhost\")", c.Upstream.HeloName)
+	}
+	positive(bad, "upstream.connect_timeout", c.Upstream.ConnectTimeout)
+	positive(bad, "upstream.timeout", c.Upstream.Timeout)
+	positive(bad, "upstream.reprobe_interval", c.Upstream.ReprobeInterval)
+
+	// queue
+	if c.Queue.Dir == "" {
+		bad("queue.dir", "must not be empty")
+	}
+
+	// delivery
+	if c.Delivery.Workers < 1 || c.Delivery.Workers > 16 {
+		bad("delivery.workers", "must be from 1 to 16, got %d", c.Delivery.Workers)
+	}
+	if c.Delivery.SyncWindow < 0 {
+		bad("delivery.sync_window", "must not be negative")
+	}
+	positive(bad, "delivery.retry_min", c.Delivery.RetryMin)
+	positive(bad, "delivery.retry_max", c.Delivery.RetryMax)
+	if c.Delivery.RetryMax < c.Delivery.RetryMin {
+		bad("delivery.retry_max", "must be at least delivery.retry_min (%s)", c.Delivery.RetryMin)
+	}
+	positive(bad, "delivery.max_age", c.Delivery.MaxAge)
+	positive(bad, "delivery.probe_interval", c.Delivery.ProbeInterval)
+	positive(bad, "delivery.auth_pause", c.Delivery.AuthPause)
+
+	// log
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of trace, debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "console", "json":
+	default:
+		bad("log.format", "%q is not \"console\" or \"json\"", c.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+// resolvePassword fills Upstream.Password from exactly one of its sources.
+func (c *Config) resolvePassword() *KeyError {
+	u := &c.Upstream
+	n := 0
+	for _, set := range []bool{u.Password != "", u.PasswordEnv != "", u.PasswordFile != ""} {
+		if set {
+			n++
+		}
+	}
+	switch {
+	case n == 0:
+		return &KeyError{Key: "upstream.password", Msg: "is required: set password, password_env or password_file to an app-specific password (appleid.apple.com → Sign-In and Security → App-Specific Passwords)"}
+	case n > 1:
+		return &KeyError{Key: "upstream.password", Msg: "set only one of password, password_env and password_file"}
+	case u.PasswordEnv != "":
+		v := os.Getenv(u.PasswordEnv)
+		if v == "" {
+			return &KeyError{Key: "upstream.password_env", Msg: fmt.Sprintf("environment variable %s is empty or not set", u.PasswordEnv)}
+		}
+		u.Password = Secret(v)
+	case u.PasswordFile != "":
+		b, err := os.ReadFile(u.PasswordFile)
+		if err != nil {
+			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("cannot read %q: %v", u.PasswordFile, errors.Unwrap(err))}
+		}
+		v := strings.TrimSpace(string(b))
+		if v == "" {
+			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("%q is empty", u.PasswordFile)}
+		}
+		u.Password = Secret(v)
+	}
+	return nil
+}
+
+func positive(bad func(string, string, ...any), key string, d Duration) {
+	if d <= 0 {
+		bad(key, "must be a positive duration such as \"30s\" or \"5m\"")
+	}
+}
+
+func portOK(bad func(string, string, ...any), key string, p int) {
+	if p < 1 || p > 65535 {
+		bad(key, "must be a port from 1 to 65535, got %d", p)
+	}
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		return p.Masked(), err
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// Secrets returns every secret in the config, for log redaction.
+func (c *Config) Secrets() []string {
+	out := []string{c.Upstream.Password.Reveal()}
+	for _, u := range c.Listen.Users {
+		out = append(out, u.Password.Reveal())
+	}
+	return out
+}
+
+// DefaultConfigPath is where run looks for a config when --config is not given.
+func DefaultConfigPath() string {
+	switch runtime.GOOS {
+	case "windows", "darwin":
+		return filepath.Join(DefaultDataDir(), "config.toml")
+	}
+	if os.Geteuid() == 0 {
+		return "/etc/icloud-relay/config.toml"
+	}
+	if d, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(d, "icloud-relay", "config.toml")
+	}
+	return filepath.Join(DefaultDataDir(), "config.toml")
+}

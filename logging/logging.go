@@ -1,0 +1,112 @@
+// Package logging sets up zerolog for icloud-relay: readable console lines on
+// a terminal, JSON for files, pipes and services, and a last line of defence
+// that masks known secrets in anything written.
+//
+// Field names are the contract of DESIGN.md: time, level, message, and where
+// they apply queue_id, stage, port, smtp_code, enhanced_code, attempt,
+// next_retry, remedy.
+package logging
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+)
+
+// Options choose level, format and destination.
+type Options struct {
+	Level  string // trace, debug, info, warn, error
+	Format string // console, json, or "" for console on a terminal else JSON
+	File   string // also write JSON here when set
+	// Secrets are masked wherever they appear in output.
+	Secrets []string
+}
+
+// New returns a logger writing to w (usually stderr) and, if set, the file.
+// The returned closer closes the file.
+func New(opts Options, w io.Writer) (zerolog.Logger, io.Closer, error) {
+	level, err := zerolog.ParseLevel(opts.Level)
+	if err != nil || opts.Level == "" {
+		level = zerolog.InfoLevel
+	}
+	format := opts.Format
+	if format == "" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+			format = "console"
+		}
+	}
+	var out io.Writer = w
+	if format == "console" {
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly, NoColor: !isTerminal(w)}
+	}
+	var closer io.Closer = nopCloser{}
+	if opts.File != "" {
+		f, err := os.OpenFile(opts.File, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return zerolog.Nop(), nil, fmt.Errorf("open log file: %w", err)
+		}
+		out = zerolog.MultiLevelWriter(out, f)
+		closer = f
+	}
+	out = NewRedactor(out, opts.Secrets)
+	return zerolog.New(out).Level(level).With().Timestamp().Logger(), closer, nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isatty.IsTerminal(f.Fd())
+}
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
+
+// Redactor masks secrets in everything written through it. zerolog writes
+// each event in one Write, so a secret is never split across calls.
+type Redactor struct {
+	w       io.Writer
+	secrets [][]byte
+}
+
+// NewRedactor wraps w. Secrets shorter than 4 bytes are ignored: masking
+// them would garble ordinary text and they are not real passwords.
+func NewRedactor(w io.Writer, secrets []string) *Redactor {
+	r := &Redactor{w: w}
+	for _, s := range secrets {
+		if len(s) >= 4 {
+			r.secrets = append(r.secrets, []byte(s))
+			// JSON may carry the secret escaped.
+			if q := strings.Trim(fmt.Sprintf("%q", s), `"`); q != s {
+				r.secrets = append(r.secrets, []byte(q))
+			}
+		}
+	}
+	return r
+}
+
+var masked = []byte("[REDACTED]")
+
+func (r *Redactor) Write(p []byte) (int, error) {
+	out := p
+	for _, s := range r.secrets {
+		if bytes.Contains(out, s) {
+			out = bytes.ReplaceAll(out, s, masked)
+		}
+	}
+	if _, err := r.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// WriteLevel keeps level-aware writers working behind the redactor.
+func (r *Redactor) WriteLevel(l zerolog.Level, p []byte) (int, error) {
+	return r.Write(p)
+}

@@ -1,0 +1,481 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/upstream"
+)
+
+// Sender is the upstream as delivery sees it; upstream.Client is one.
+type Sender interface {
+	Send(ctx context.Context, m *upstream.Message) (*upstream.Result, error)
+	Probe(ctx context.Context) error
+}
+
+// Outcome is what a waiting client is told about the first attempt.
+type Outcome struct {
+	Delivered bool            // every recipient has the message
+	Refusal   *upstream.Error // a permanent refusal: nobody got the message
+}
+
+// Scheduler owns the queued messages in memory and delivers them with a
+// pool of workers. Each message has one owner at a time (item.busy), so no
+// message is sent twice concurrently.
+//
+// Two states are about the upstream, not a message: paused (the account's
+// login was refused: retrying every message would only repeat it and risk a
+// lock-out) and unreachable (nothing answers: messages wait without burning
+// their retries while a cheap probe watches for the upstream's return, and
+// then everything is sent at once).
+type Scheduler struct {
+	q   *queue.Queue
+	up  Sender
+	pol Policy
+	log zerolog.Logger
+
+	mu          sync.Mutex
+	items       map[string]*item
+	notify      chan struct{} // closed and replaced on every change
+	down        *upstream.Error
+	pausedUntil time.Time
+	wg          sync.WaitGroup
+}
+
+type item struct {
+	msg     *queue.Message
+	busy    bool
+	waiters []chan Outcome
+}
+
+// NewScheduler returns a scheduler for q; call Start to run it.
+func NewScheduler(q *queue.Queue, up Sender, pol Policy, log zerolog.Logger) *Scheduler {
+	return &Scheduler{q: q, up: up, pol: pol, log: log, items: map[string]*item{}, notify: make(chan struct{})}
+}
+
+// Start loads the queue and runs the workers until ctx ends. Messages found
+// in the queue are due at once: a restart is a good moment to retry.
+func (s *Scheduler) Start(ctx context.Context) error {
+	msgs, err := s.q.Active()
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	s.mu.Lock()
+	for _, m := range msgs {
+		m.NextAttempt = now
+		s.items[m.ID] = &item{msg: m}
+	}
+	s.mu.Unlock()
+	if len(msgs) > 0 {
+		s.log.Info().Int("queued", len(msgs)).Msg("picked up queued messages")
+	}
+	for i := 0; i < s.pol.Workers; i++ {
+		s.wg.Add(1)
+		go s.worker(ctx)
+	}
+	s.wg.Add(1)
+	go s.prober(ctx)
+	return nil
+}
+
+// Wait blocks until the workers have stopped (after ctx ends).
+func (s *Scheduler) Wait() { s.wg.Wait() }
+
+// Len returns the number of messages waiting for delivery.
+func (s *Scheduler) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.items)
+}
+
+// Submit hands a newly queued message to delivery. With wait, and when the
+// upstream is usable, it returns a channel that receives the first attempt's
+// outcome; otherwise nil.
+func (s *Scheduler) Submit(m *queue.Message, wait bool) <-chan Outcome {
+	s.mu.Lock()
+	it := &item{msg: m}
+	var ch chan Outcome
+	if wait && s.usable(time.Now()) {
+		ch = make(chan Outcome, 1)
+		it.waiters = append(it.waiters, ch)
+	}
+	s.items[m.ID] = it
+	s.changedLocked()
+	s.mu.Unlock()
+	return ch
+}
+
+func (s *Scheduler) usable(now time.Time) bool {
+	return s.down == nil && !now.Before(s.pausedUntil)
+}
+
+func (s *Scheduler) changedLocked() {
+	close(s.notify)
+	s.notify = make(chan struct{})
+}
+
+func (s *Scheduler) worker(ctx context.Context) {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		it, wait := s.pick(time.Now())
+		notify := s.notify
+		s.mu.Unlock()
+		if it != nil {
+			s.deliver(ctx, it)
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-notify:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// pick claims the next message to work on, or says how long to wait.
+// Expired messages are claimed even while the upstream is unusable, so that
+// they reach the failed area on time.
+func (s *Scheduler) pick(now time.Time) (*item, time.Duration) {
+	wait := time.Minute
+	usable := s.usable(now)
+	if !usable && s.down == nil {
+		wait = min(wait, s.pausedUntil.Sub(now))
+	}
+	var best *item
+	for _, it := range s.items {
+		if it.busy {
+			continue
+		}
+		expires := it.msg.Received.Add(s.pol.MaxAge)
+		if !now.Before(expires) {
+			it.busy = true
+			return it, 0
+		}
+		wait = min(wait, expires.Sub(now))
+		if !usable {
+			continue
+		}
+		if d := it.msg.NextAttempt.Sub(now); d > 0 {
+			wait = min(wait, d)
+			continue
+		}
+		if best == nil || len(it.waiters) > len(best.waiters) ||
+			(len(it.waiters) == len(best.waiters) && it.msg.NextAttempt.Before(best.msg.NextAttempt)) {
+			best = it
+		}
+	}
+	if best != nil {
+		best.busy = true
+	}
+	return best, max(wait, time.Millisecond)
+}
+
+func (s *Scheduler) release(it *item, done bool, o Outcome) {
+	s.mu.Lock()
+	it.busy = false
+	if done {
+		delete(s.items, it.msg.ID)
+	}
+	for _, ch := range it.waiters {
+		ch <- o
+	}
+	it.waiters = nil
+	s.changedLocked()
+	s.mu.Unlock()
+}
+
+// deliver makes one attempt at it and files the result.
+func (s *Scheduler) deliver(ctx context.Context, it *item) {
+	m := it.msg
+	log := s.log.With().Str("queue_id", m.ID).Logger()
+	now := time.Now()
+
+	if !now.Before(m.Received.Add(s.pol.MaxAge)) {
+		s.expire(it, log)
+		return
+	}
+
+	// Save the attempt before any network I/O: a crash mid-delivery must
+	// not make the message look untried.
+	m.Attempts++
+	m.NextAttempt = now.Add(Backoff(m.Attempts, s.pol.RetryMin, s.pol.RetryMax, rand.Float64()))
+	if err := s.q.Update(m); err != nil {
+		log.Error().Err(err).Str("stage", "queue").Int("attempt", m.Attempts).
+			Str("remedy", "The queue directory cannot be written: check free disk space and permissions of queue.dir.").
+			Msg("cannot record delivery attempt; will retry")
+		s.release(it, false, Outcome{})
+		return
+	}
+	body, err := s.q.Body(m.ID)
+	if err != nil {
+		s.failLocal(it, log, fmt.Sprintf("message data unreadable: %v", err))
+		return
+	}
+	res, err := s.up.Send(ctx, &upstream.Message{From: m.From, To: m.Pending(), Size: m.Size, Body: body, UTF8: m.UTF8})
+	body.Close()
+	if ctx.Err() != nil {
+		log.Info().Int("attempt", m.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
+		s.release(it, false, Outcome{})
+		return
+	}
+	var ue *upstream.Error
+	if err != nil && !errors.As(err, &ue) {
+		ue = &upstream.Error{Stage: "data", Text: err.Error(), Temporary: true, Err: err,
+			Remedy: "An unexpected error; the relay retries by itself."}
+	}
+	s.file(it, log, res, ue, now)
+}
+
+// file applies one attempt's result to the message and its recipients.
+func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue *upstream.Error, started time.Time) {
+	m := it.msg
+	now := time.Now()
+	port := 0
+	if res != nil {
+		port = res.Port
+	}
+	for i := range m.Rcpts {
+		r := &m.Rcpts[i]
+		if r.Status != queue.Pending {
+			continue
+		}
+		var rerr *upstream.Error
+		if res != nil {
+			rerr = res.Refused[r.Addr]
+		}
+		switch {
+		case rerr != nil:
+			r.Error = outcome(rerr, now)
+			if !rerr.Temporary {
+				r.Status = queue.Failed
+			}
+		case ue == nil:
+			r.Status, r.Error = queue.Delivered, nil
+		case ue.Stage == upstream.StageRcpt:
+			// A network error during RCPT: this recipient is simply not done.
+			r.Error = outcome(ue, now)
+		default:
+			r.Error = outcome(ue, now)
+			if !ue.Temporary {
+				r.Status = queue.Failed
+			}
+		}
+	}
+	if ue != nil {
+		m.Record(*outcome(ue, now))
+	} else {
+		m.Record(queue.Outcome{Time: now, Port: port, Text: "delivered"})
+	}
+
+	delivered, failed := 0, 0
+	var firstFail *upstream.Error
+	for _, r := range m.Rcpts {
+		switch r.Status {
+		case queue.Delivered:
+			delivered++
+		case queue.Failed:
+			failed++
+			if firstFail == nil {
+				firstFail = fromOutcome(r.Error)
+			}
+		}
+	}
+	pending := len(m.Rcpts) - delivered - failed
+	took := now.Sub(started)
+
+	if pending == 0 {
+		if failed == 0 {
+			if err := s.q.Delete(m.ID); err != nil {
+				log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
+			}
+			log.Info().Int("port", port).Int("attempt", m.Attempts).Int("rcpts", delivered).Dur("took", took).Msg("delivered")
+			s.release(it, true, Outcome{Delivered: true})
+			return
+		}
+		final := *outcome(firstFail, now)
+		if err := s.q.Fail(m, final); err != nil {
+			log.Error().Err(err).Str("stage", "queue").Msg("cannot move the message to the failed area")
+		}
+		ev := log.Error()
+		withError(ev, firstFail).Int("attempt", m.Attempts).Int("delivered", delivered).Int("failed", failed)
+		ev.Msg("delivery failed permanently; message moved to the failed area")
+		o := Outcome{}
+		if delivered == 0 {
+			o.Refusal = firstFail
+		}
+		s.release(it, true, o)
+		return
+	}
+
+	if err := s.q.Update(m); err != nil {
+		log.Error().Err(err).Str("stage", "queue").Msg("cannot record the delivery attempt")
+	}
+	cause := ue
+	if cause == nil {
+		for _, r := range m.Rcpts {
+			if r.Status == queue.Pending && r.Error != nil {
+				cause = fromOutcome(r.Error)
+				break
+			}
+		}
+	}
+	s.upstreamState(cause, log)
+	ev := log.Warn()
+	withError(ev, cause).Int("attempt", m.Attempts).Time("next_retry", m.NextAttempt).
+		Int("delivered", delivered).Int("pending", pending)
+	ev.Msg("delivery failed; will retry")
+	s.release(it, false, Outcome{})
+}
+
+// upstreamState pauses or marks the upstream down when the failure is about
+// the account or the whole server, logging once per change of state.
+func (s *Scheduler) upstreamState(e *upstream.Error, log zerolog.Logger) {
+	if e == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	switch {
+	case e.AccountProblem():
+		if now.Before(s.pausedUntil) {
+			return
+		}
+		s.pausedUntil = now.Add(s.pol.AuthPause)
+		ev := s.log.Error()
+		withError(ev, e).Time("next_retry", s.pausedUntil)
+		ev.Msg("iCloud refused the login: all deliveries paused (messages stay queued); fix the password or username and restart, or wait")
+	case e.Stage == upstream.StageAuth:
+		// Refused for now, e.g. too many logins: back off as a whole.
+		s.pausedUntil = now.Add(s.pol.RetryMin)
+	case e.Unreachable():
+		if s.down != nil {
+			return
+		}
+		s.down = e
+		ev := s.log.Warn()
+		withError(ev, e).Dur("probe_every", s.pol.ProbeInterval)
+		ev.Msg("upstream unreachable: queued messages wait and are sent as soon as a probe sees it again")
+	}
+}
+
+// prober watches an unreachable upstream and, when it answers again, makes
+// every queued message due at once.
+func (s *Scheduler) prober(ctx context.Context) {
+	defer s.wg.Done()
+	t := time.NewTicker(s.pol.ProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		down := s.down != nil
+		s.mu.Unlock()
+		if !down {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*s.pol.ProbeInterval+30*time.Second)
+		err := s.up.Probe(pctx)
+		cancel()
+		if err != nil {
+			s.log.Debug().Err(err).Msg("probe: upstream still unreachable")
+			continue
+		}
+		now := time.Now()
+		s.mu.Lock()
+		s.down = nil
+		for _, it := range s.items {
+			if !it.busy {
+				it.msg.NextAttempt = now
+			}
+		}
+		n := len(s.items)
+		s.changedLocked()
+		s.mu.Unlock()
+		s.log.Info().Int("queued", n).Msg("upstream reachable again: delivering queued messages now")
+	}
+}
+
+func (s *Scheduler) expire(it *item, log zerolog.Logger) {
+	m := it.msg
+	final := queue.Outcome{Time: time.Now(), Stage: "queue",
+		Text:   fmt.Sprintf("gave up after %d attempts over %s", m.Attempts, s.pol.MaxAge),
+		Remedy: "The message could not be delivered in time; the log lines before this one say why. Send it again once the cause is fixed."}
+	if last := m.LastError(); last != nil {
+		final.Stage, final.Port, final.Code, final.EnhancedCode = last.Stage, last.Port, last.Code, last.EnhancedCode
+		final.Text += "; last error: " + last.Text
+		if last.Remedy != "" {
+			final.Remedy = last.Remedy
+		}
+	}
+	s.moveToFailed(it, log, final)
+}
+
+func (s *Scheduler) failLocal(it *item, log zerolog.Logger, text string) {
+	s.moveToFailed(it, log, queue.Outcome{Time: time.Now(), Stage: "queue", Text: text,
+		Remedy: "The queued copy is damaged; the message cannot be sent. Send it again."})
+}
+
+func (s *Scheduler) moveToFailed(it *item, log zerolog.Logger, final queue.Outcome) {
+	m := it.msg
+	for i := range m.Rcpts {
+		if m.Rcpts[i].Status == queue.Pending {
+			m.Rcpts[i].Status, m.Rcpts[i].Error = queue.Failed, &final
+		}
+	}
+	if err := s.q.Fail(m, final); err != nil {
+		log.Error().Err(err).Str("stage", "queue").Msg("cannot move the message to the failed area")
+	}
+	log.Error().Str("stage", final.Stage).Int("port", final.Port).Int("smtp_code", final.Code).
+		Str("enhanced_code", final.EnhancedCode).Int("attempt", m.Attempts).Str("remedy", final.Remedy).
+		Str("error", final.Text).Msg("message moved to the failed area")
+	s.release(it, true, Outcome{})
+}
+
+// withError adds the contract's failure fields to a log event.
+func withError(ev *zerolog.Event, e *upstream.Error) *zerolog.Event {
+	if e == nil {
+		return ev
+	}
+	ev.Str("stage", string(e.Stage))
+	if e.Port != 0 {
+		ev.Int("port", e.Port)
+	}
+	if e.Code != 0 {
+		ev.Int("smtp_code", e.Code)
+	}
+	if e.EnhancedCode != "" {
+		ev.Str("enhanced_code", e.EnhancedCode)
+	}
+	return ev.Str("error", e.Text).Str("remedy", e.Remedy)
+}
+
+func outcome(e *upstream.Error, now time.Time) *queue.Outcome {
+	return &queue.Outcome{Time: now, Stage: string(e.Stage), Port: e.Port, Code: e.Code,
+		EnhancedCode: e.EnhancedCode, Text: e.Text, Remedy: e.Remedy, Temporary: e.Temporary}
+}
+
+func fromOutcome(o *queue.Outcome) *upstream.Error {
+	if o == nil {
+		return &upstream.Error{Stage: "queue", Text: "unknown", Temporary: true}
+	}
+	return &upstream.Error{Stage: upstream.Stage(o.Stage), Port: o.Port, Code: o.Code,
+		EnhancedCode: o.EnhancedCode, Text: strings.TrimSpace(o.Text), Remedy: o.Remedy, Temporary: o.Temporary}
+}

@@ -1,0 +1,280 @@
+// Package relay is the local side: the SMTP listener local clients talk to,
+// access control, and the delivery scheduler that drains the durable queue
+// (relay/queue) into the upstream.
+//
+// Data flows one way: listener → queue → scheduler → upstream. A client gets
+// 250 only after its message is on disk; within the sync window it gets the
+// upstream's permanent refusal instead, when there is one.
+package relay
+
+import (
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/rs/zerolog"
+
+	"github.com/icloud-relay/icloud-relay/internal/saslserver"
+	"github.com/icloud-relay/icloud-relay/relay/queue"
+)
+
+// ListenConfig configures the local listener.
+type ListenConfig struct {
+	Addrs          []string
+	Allow          []netip.Prefix
+	Users          map[string]string // local SMTP logins; empty: any login is accepted
+	TLS            *tls.Config       // offered through STARTTLS when set
+	Hostname       string
+	MaxMessageSize int64
+	MaxRecipients  int
+	Timeout        time.Duration
+	SyncWindow     time.Duration
+}
+
+// Server is the local SMTP listener.
+type Server struct {
+	cfg   ListenConfig
+	q     *queue.Queue
+	sched *Scheduler
+	log   zerolog.Logger
+	smtp  *smtp.Server
+	lns   []net.Listener
+	wg    sync.WaitGroup
+}
+
+// NewServer returns a listener that queues into q and hands to sched.
+func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.Logger) *Server {
+	s := &Server{cfg: cfg, q: q, sched: sched, log: log}
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Domain = cfg.Hostname
+	srv.TLSConfig = cfg.TLS
+	// go-smtp refuses a message of exactly MaxMessageBytes bytes.
+	srv.MaxMessageBytes = cfg.MaxMessageSize + 1
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.ReadTimeout = cfg.Timeout
+	srv.WriteTimeout = cfg.Timeout
+	// Local clients (scanners, scripts) rarely do TLS; the listener is
+	// loopback-only unless allowed networks and users are configured.
+	srv.AllowInsecureAuth = true
+	srv.ErrorLog = errorLog{log}
+	s.smtp = srv
+	return s
+}
+
+// Listen binds every address. Extra addresses that cannot be bound because
+// the system lacks the address family (no IPv6) are skipped.
+func (s *Server) Listen() error {
+	for i, addr := range s.cfg.Addrs {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			if i > 0 {
+				s.log.Debug().Err(err).Str("addr", addr).Msg("optional listen address skipped")
+				continue
+			}
+			s.Close()
+			return fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		s.lns = append(s.lns, &accessListener{Listener: ln, allow: s.cfg.Allow, log: s.log})
+	}
+	return nil
+}
+
+// Addr returns the first bound address.
+func (s *Server) Addr() net.Addr { return s.lns[0].Addr() }
+
+// Serve accepts connections on every bound address until Close.
+func (s *Server) Serve() {
+	for _, ln := range s.lns {
+		s.log.Info().Str("addr", ln.Addr().String()).Msg("listening for local mail clients")
+		s.wg.Add(1)
+		go func(ln net.Listener) {
+			defer s.wg.Done()
+			s.smtp.Serve(ln)
+		}(ln)
+	}
+}
+
+// Shutdown stops accepting and waits for sessions to end, or ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.smtp.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		s.smtp.Close()
+	}
+	s.wg.Wait()
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops at once.
+func (s *Server) Close() {
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+	s.smtp.Close()
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{srv: s, remote: c.Conn().RemoteAddr().String()}, nil
+}
+
+type session struct {
+	srv    *Server
+	remote string
+	authed bool
+	from   string
+	utf8   bool
+	rcpts  []string
+}
+
+func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
+
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	check := func(user, pass string) error {
+		if ss.srv.checkUser(user, pass) {
+			ss.authed = true
+			return nil
+		}
+		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("username", user).Msg("local login refused")
+		return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Wrong username or password for this relay (see [[listen.users]] in its config)"}
+	}
+	switch mech {
+	case sasl.Plain:
+		return sasl.NewPlainServer(func(_, user, pass string) error { return check(user, pass) }), nil
+	case sasl.Login:
+		return saslserver.NewLoginServer(check), nil
+	}
+	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// checkUser accepts any login when no users are configured (the listener is
+// then loopback-only): old clients that insist on AUTH must still work.
+func (s *Server) checkUser(user, pass string) bool {
+	if len(s.cfg.Users) == 0 {
+		return true
+	}
+	want, ok := s.cfg.Users[user]
+	if !ok {
+		want = "\x00never" // compare anyway: timing must not reveal user names
+	}
+	return subtle.ConstantTimeCompare([]byte(pass), []byte(want)) == 1 && ok
+}
+
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if len(ss.srv.cfg.Users) > 0 && !ss.authed {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required: log in with a user from this relay's [[listen.users]]"}
+	}
+	ss.from = from
+	ss.utf8 = opts != nil && opts.UTF8
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ss.rcpts = append(ss.rcpts, to)
+	return nil
+}
+
+func (ss *session) Data(r io.Reader) error {
+	s := ss.srv
+	m := &queue.Message{From: ss.from, UTF8: ss.utf8}
+	for _, to := range ss.rcpts {
+		m.Rcpts = append(m.Rcpts, queue.Recipient{Addr: to, Status: queue.Pending})
+	}
+	if err := s.q.Enqueue(m, r); err != nil {
+		if errors.Is(err, smtp.ErrDataTooLarge) {
+			s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.cfg.MaxMessageSize).Msg("message refused: too large")
+			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+				Message: fmt.Sprintf("Message too large: this relay accepts up to %d bytes (iCloud's limit is about 20 MB)", s.cfg.MaxMessageSize)}
+		}
+		s.log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
+			Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
+			Msg("cannot store an incoming message; the client was told to retry")
+		// Never go-smtp's default 554 for a plain error: that would make
+		// the client drop the mail.
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Cannot store the message in the local queue right now; try again later"}
+	}
+	log := s.log.With().Str("queue_id", m.ID).Logger()
+	log.Info().Str("client", ss.remote).Str("from", m.From).Int("rcpts", len(m.Rcpts)).Int64("size", m.Size).Msg("message accepted")
+
+	ch := s.sched.Submit(m, s.cfg.SyncWindow > 0)
+	queued := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}
+	if ch == nil {
+		return queued
+	}
+	t := time.NewTimer(s.cfg.SyncWindow)
+	defer t.Stop()
+	select {
+	case o := <-ch:
+		switch {
+		case o.Refusal != nil:
+			return o.Refusal.SMTPReply()
+		case o.Delivered:
+			return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Delivered to iCloud (" + m.ID + ")"}
+		}
+	case <-t.C:
+	}
+	return queued
+}
+
+func (ss *session) Reset() { ss.from, ss.utf8, ss.rcpts = "", false, nil }
+
+func (ss *session) Logout() error { return nil }
+
+// accessListener turns away clients outside the allowed networks before
+// they see a greeting, so the relay cannot be used as an open relay.
+type accessListener struct {
+	net.Listener
+	allow []netip.Prefix
+	log   zerolog.Logger
+}
+
+func (l *accessListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+		if allowed(l.allow, ap.Addr().Unmap()) {
+			return c, nil
+		}
+		l.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).
+			Str("remedy", "Add the client's network to listen.allow (and set [[listen.users]]) if it should be able to send.").
+			Msg("connection refused: address not in listen.allow")
+		go func() {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c, "554 5.7.1 Your address is not allowed to use this relay\r\n")
+			c.Close()
+		}()
+	}
+}
+
+func allowed(nets []netip.Prefix, a netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// errorLog routes go-smtp's internal errors into the structured log.
+type errorLog struct{ log zerolog.Logger }
+
+func (e errorLog) Printf(format string, v ...interface{}) {
+	e.log.Debug().Str("stage", "accept").Msgf(format, v...)
+}
+
+func (e errorLog) Println(v ...interface{}) {
+	e.log.Debug().Str("stage", "accept").Msg(fmt.Sprint(v...))
+}

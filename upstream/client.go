@@ -1,0 +1,472 @@
+// Package upstream delivers messages to iCloud's submission server.
+//
+// Invariants: a connection carries the password only after a TLS handshake
+// (1.2 or later) whose certificate chain and host name were verified; there is
+// no plaintext fallback. STARTTLS on the submission port comes first; when
+// that port fails before any SMTP reply after authentication (refused,
+// blackholed, broken TLS), implicit TLS on the other port is tried, and the
+// port that worked is remembered. Every dial, read and write is bounded by a
+// timeout, and every failure is an *Error naming its stage.
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// Config is what the client needs to reach the upstream.
+type Config struct {
+	Host           string
+	StartTLSPort   int // STARTTLS, tried first (587)
+	TLSPort        int // implicit TLS, the fallback (465)
+	Username       string
+	Password       string
+	RootCAs        *x509.CertPool // nil: the system's roots
+	HeloName       string         // this machine's name, sent in EHLO
+	ConnectTimeout time.Duration
+	Timeout        time.Duration // bound on every single read and write
+	// ReprobeInterval is how long the fallback port stays first before the
+	// STARTTLS port is tried again.
+	ReprobeInterval time.Duration
+	// Trace, if set, is told of every stage passed; the demo and doctor show it.
+	Trace func(Event)
+}
+
+// Event is one stage passed during a delivery.
+type Event struct {
+	Stage  Stage
+	Port   int
+	Detail string
+}
+
+// Message is one delivery: envelope, size and a reader of the raw message.
+type Message struct {
+	From string
+	To   []string
+	Size int64
+	Body io.Reader
+	UTF8 bool // the envelope or headers need SMTPUTF8
+}
+
+// Result tells, for a delivery that reached the RCPT stage, which
+// recipients the server refused. The others got the message when Send
+// returns a nil error.
+type Result struct {
+	Port    int
+	Refused map[string]*Error
+}
+
+// Client sends messages upstream. It is safe for concurrent use.
+type Client struct {
+	cfg    Config
+	tlsCfg *tls.Config
+
+	mu         sync.Mutex
+	preferred  int
+	fellBackAt time.Time
+}
+
+// New returns a client for cfg.
+func New(cfg Config) *Client {
+	return &Client{
+		cfg: cfg,
+		tlsCfg: &tls.Config{
+			ServerName: cfg.Host,
+			RootCAs:    cfg.RootCAs,
+			MinVersion: tls.VersionTLS12,
+		},
+		preferred: cfg.StartTLSPort,
+	}
+}
+
+// LoadRoots returns the system's trusted roots plus the PEM certificates in
+// caFile, if one is given.
+func LoadRoots(caFile string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if caFile == "" {
+		return pool, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA file: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
+	}
+	return pool, nil
+}
+
+// Preferred returns the port the next delivery tries first.
+func (c *Client) Preferred() int {
+	return c.portOrder()[0]
+}
+
+func (c *Client) portOrder() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.preferred == c.cfg.TLSPort && time.Since(c.fellBackAt) < c.cfg.ReprobeInterval {
+		return []int{c.cfg.TLSPort, c.cfg.StartTLSPort}
+	}
+	return []int{c.cfg.StartTLSPort, c.cfg.TLSPort}
+}
+
+// remember records the port that worked. Falling back restarts the reprobe
+// clock, so a blocked 587 costs one timeout per ReprobeInterval, not per message.
+func (c *Client) remember(port int, fellBack bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.preferred = port
+	if fellBack {
+		c.fellBackAt = time.Now()
+	}
+}
+
+func (c *Client) trace(stage Stage, port int, format string, args ...any) {
+	if c.cfg.Trace != nil {
+		c.cfg.Trace(Event{Stage: stage, Port: port, Detail: fmt.Sprintf(format, args...)})
+	}
+}
+
+// Send delivers m. A nil error means every recipient not in Result.Refused
+// has the message. A non-nil error is an *Error.
+func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
+	s, err := c.connect(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	res, err := s.send(m)
+	s.healthy = err == nil
+	return res, err
+}
+
+// Probe checks cheaply that the upstream answers: connect, TLS where the
+// port starts with it, and the greeting. It neither logs in nor sends.
+func (c *Client) Probe(ctx context.Context) error {
+	s, err := c.connect(ctx, false)
+	if err != nil {
+		return err
+	}
+	s.healthy = true
+	s.close()
+	return nil
+}
+
+// connect opens a session on the first port that works.
+func (c *Client) connect(ctx context.Context, full bool) (*session, error) {
+	if err := c.lookup(ctx); err != nil {
+		return nil, err
+	}
+	ports := c.portOrder()
+	var first *Error
+	for i, port := range ports {
+		s, err := c.open(ctx, port, full)
+		if err == nil {
+			if full {
+				c.remember(port, i > 0)
+			}
+			return s, nil
+		}
+		if ctx.Err() != nil || !err.portLevel() {
+			return nil, err
+		}
+		if first == nil {
+			first = err
+			c.trace(err.Stage, port, "port %d failed (%s); trying port %d", port, err.Text, ports[1])
+			continue
+		}
+		// Both ports failed: say so, keeping the first port's stage, which
+		// is usually the more telling one.
+		both := *first
+		both.Text = fmt.Sprintf("port %d: %s; port %d: %s", first.Port, first.Text, port, err.Text)
+		both.Remedy = fmt.Sprintf("Neither port %d nor port %d works from here: a firewall, VPN, antivirus or the ISP blocks outgoing mail — allow outgoing TCP %d and %d for this program, or try another network.", first.Port, port, first.Port, port)
+		return nil, &both
+	}
+	return nil, first
+}
+
+func (c *Client) lookup(ctx context.Context) error {
+	if _, err := netip.ParseAddr(c.cfg.Host); err == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupHost(ctx, c.cfg.Host)
+	if err != nil {
+		return newError(StageDNS, 0, err)
+	}
+	c.trace(StageDNS, 0, "%s is %s", c.cfg.Host, strings.Join(addrs, ", "))
+	return nil
+}
+
+// session is one authenticated (or, for probes, greeted) upstream connection.
+type session struct {
+	c      *Client
+	port   int
+	raw    net.Conn
+	client *smtp.Client
+	stop   func() bool
+	// healthy sessions end with QUIT; after a failure the server may be
+	// hung, so the connection is just closed.
+	healthy bool
+}
+
+func (s *session) close() {
+	if s.healthy && s.client != nil {
+		s.client.Quit()
+	}
+	s.stop()
+	s.raw.Close()
+}
+
+func (c *Client) open(ctx context.Context, port int, full bool) (s *session, rerr *Error) {
+	addr := net.JoinHostPort(c.cfg.Host, strconv.Itoa(port))
+	d := net.Dialer{Timeout: c.cfg.ConnectTimeout}
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, newError(StageConnect, port, err)
+	}
+	c.trace(StageConnect, port, "connected to %s", addr)
+	s = &session{c: c, port: port, raw: raw}
+	// Cancelling ctx (shutdown) unblocks any read or write at once.
+	s.stop = context.AfterFunc(ctx, func() { raw.Close() })
+	defer func() {
+		if rerr != nil {
+			s.close()
+		}
+	}()
+	conn := &timeoutConn{Conn: raw, timeout: c.cfg.Timeout}
+
+	var tlsConn *tls.Conn
+	if port == c.cfg.TLSPort {
+		tlsConn = tls.Client(conn, c.tlsCfg)
+		if err := tlsConn.HandshakeContext(ctx); err != nil {
+			return nil, newError(StageTLS, port, err)
+		}
+		c.traceTLS(port, tlsConn)
+		s.client = smtp.NewClient(tlsConn)
+		writes := conn.writeCount()
+		if err := s.client.Hello(c.cfg.HeloName); err != nil {
+			stage := StageEHLO
+			if conn.writeCount() == writes {
+				stage = StageGreeting // nothing sent yet: the greeting itself failed
+			}
+			s.client = nil
+			return nil, newError(stage, port, err)
+		}
+		c.trace(StageGreeting, port, "greeted and EHLO %s accepted", c.cfg.HeloName)
+	} else {
+		if tlsConn, rerr = c.startTLS(ctx, conn, port); rerr != nil {
+			return nil, rerr
+		}
+		s.client = smtp.NewClient(&greetedConn{Conn: tlsConn, r: io.MultiReader(strings.NewReader("220 TLS started\r\n"), tlsConn)})
+		if err := s.client.Hello(c.cfg.HeloName); err != nil {
+			s.client = nil
+			return nil, newError(StageEHLO, port, err)
+		}
+	}
+	if !full {
+		return s, nil
+	}
+	// Belt and braces: never hand the password to a connection whose
+	// certificate was not verified, whatever the configuration says.
+	if st := tlsConn.ConnectionState(); !st.HandshakeComplete || len(st.VerifiedChains) == 0 {
+		return nil, newError(StageTLS, port, errors.New("TLS connection is not verified; refusing to log in"))
+	}
+	if err := c.auth(s.client); err != nil {
+		return nil, newError(StageAuth, port, err)
+	}
+	c.trace(StageAuth, port, "logged in as %s", c.cfg.Username)
+	return s, nil
+}
+
+// startTLS runs greeting, EHLO and STARTTLS by hand: go-smtp's client would
+// send EHLO as "localhost" before STARTTLS, and iCloud deserves a real name.
+func (c *Client) startTLS(ctx context.Context, conn *timeoutConn, port int) (*tls.Conn, *Error) {
+	// Bounded: a hostile server cannot feed an endless reply before TLS.
+	tp := textproto.NewConn(struct {
+		io.Reader
+		io.Writer
+		io.Closer
+	}{io.LimitReader(conn, 64<<10), conn, conn})
+	if _, _, err := tp.ReadResponse(220); err != nil {
+		return nil, newError(StageGreeting, port, eofMeansClosed(err))
+	}
+	c.trace(StageGreeting, port, "server greeted")
+	_, ext, err := command(tp, 250, "EHLO %s", c.cfg.HeloName)
+	if err != nil {
+		return nil, newError(StageEHLO, port, eofMeansClosed(err))
+	}
+	if !hasExtension(ext, "STARTTLS") {
+		return nil, newError(StageStartTLS, port, errors.New("the server did not offer STARTTLS; the relay never sends without TLS"))
+	}
+	if _, _, err := command(tp, 220, "STARTTLS"); err != nil {
+		return nil, newError(StageStartTLS, port, eofMeansClosed(err))
+	}
+	tlsConn := tls.Client(conn, c.tlsCfg)
+	if err := tlsConn.HandshakeContext(ctx); err != nil {
+		return nil, newError(StageTLS, port, err)
+	}
+	c.traceTLS(port, tlsConn)
+	return tlsConn, nil
+}
+
+func (c *Client) traceTLS(port int, conn *tls.Conn) {
+	if c.cfg.Trace == nil {
+		return
+	}
+	st := conn.ConnectionState()
+	c.trace(StageTLS, port, "%s, certificate for %s verified (%s)", tls.VersionName(st.Version), c.cfg.Host, certSummary(st.PeerCertificates[0]))
+}
+
+func command(tp *textproto.Conn, expect int, format string, args ...any) (int, string, error) {
+	id, err := tp.Cmd(format, args...)
+	if err != nil {
+		return 0, "", err
+	}
+	tp.StartResponse(id)
+	defer tp.EndResponse(id)
+	return tp.ReadResponse(expect)
+}
+
+func hasExtension(ehlo, name string) bool {
+	lines := strings.Split(ehlo, "\n")
+	for _, l := range lines[1:] {
+		if f := strings.Fields(l); len(f) > 0 && strings.EqualFold(f[0], name) {
+			return true
+		}
+	}
+	return false
+}
+
+var errClosedEarly = errors.New("connection closed by the server")
+
+func eofMeansClosed(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: %w", errClosedEarly, err)
+	}
+	return err
+}
+
+func (c *Client) auth(client *smtp.Client) error {
+	ok, mechs := client.Extension("AUTH")
+	if !ok {
+		return errors.New("the server offers no login (AUTH) on this connection")
+	}
+	var a sasl.Client
+	switch m := " " + strings.ToUpper(mechs) + " "; {
+	case strings.Contains(m, " PLAIN "):
+		a = sasl.NewPlainClient("", c.cfg.Username, c.cfg.Password)
+	case strings.Contains(m, " LOGIN "):
+		a = sasl.NewLoginClient(c.cfg.Username, c.cfg.Password)
+	default:
+		return fmt.Errorf("the server offers no supported login mechanism (offers %s; need PLAIN or LOGIN)", mechs)
+	}
+	return eofMeansClosed(client.Auth(a))
+}
+
+func (s *session) send(m *Message) (*Result, error) {
+	res := &Result{Port: s.port, Refused: map[string]*Error{}}
+	if len(m.To) == 0 {
+		return res, newError(StageRcpt, s.port, errors.New("the message has no recipients"))
+	}
+	opts := &smtp.MailOptions{Size: m.Size, UTF8: m.UTF8}
+	if err := s.client.Mail(m.From, opts); err != nil {
+		return res, newError(StageMail, s.port, eofMeansClosed(err))
+	}
+	s.c.trace(StageMail, s.port, "sender <%s> accepted", m.From)
+	var firstRefusal *Error
+	for _, rcpt := range m.To {
+		err := s.client.Rcpt(rcpt, nil)
+		var se *smtp.SMTPError
+		switch {
+		case err == nil:
+			s.c.trace(StageRcpt, s.port, "recipient <%s> accepted", rcpt)
+		case errors.As(err, &se):
+			e := newError(StageRcpt, s.port, err)
+			res.Refused[rcpt] = e
+			if firstRefusal == nil {
+				firstRefusal = e
+			}
+			s.c.trace(StageRcpt, s.port, "recipient <%s> refused: %d %s", rcpt, e.Code, e.Text)
+		default:
+			return res, newError(StageRcpt, s.port, eofMeansClosed(err))
+		}
+	}
+	if len(res.Refused) == len(m.To) {
+		return res, firstRefusal
+	}
+	w, err := s.client.Data()
+	if err != nil {
+		return res, newError(StageData, s.port, eofMeansClosed(err))
+	}
+	n, err := io.Copy(w, m.Body)
+	if err != nil {
+		return res, newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", n, eofMeansClosed(err)))
+	}
+	if err := w.Close(); err != nil {
+		return res, newError(StageData, s.port, eofMeansClosed(err))
+	}
+	s.c.trace(StageData, s.port, "message accepted (%d bytes)", n)
+	return res, nil
+}
+
+// timeoutConn bounds every read and write by its own deadline. It owns the
+// deadlines: go-smtp clears them after each command, which would leave the
+// message upload and TLS records unbounded.
+type timeoutConn struct {
+	net.Conn
+	timeout time.Duration
+	mu      sync.Mutex
+	writes  int
+}
+
+func (c *timeoutConn) Read(b []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Read(b)
+}
+
+func (c *timeoutConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	c.writes++
+	c.mu.Unlock()
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	return c.Conn.Write(b)
+}
+
+func (c *timeoutConn) writeCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes
+}
+
+func (c *timeoutConn) SetDeadline(time.Time) error      { return nil }
+func (c *timeoutConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *timeoutConn) SetWriteDeadline(time.Time) error { return nil }
+
+// greetedConn replays a greeting: after STARTTLS the server sends none
+// (RFC 3207), but go-smtp's client always reads one first.
+type greetedConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (g *greetedConn) Read(b []byte) (int, error) { return g.r.Read(b) }
