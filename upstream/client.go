@@ -197,10 +197,19 @@ func (c *Client) connect(ctx context.Context, full bool) (*session, error) {
 		// is usually the more telling one.
 		both := *first
 		both.Text = fmt.Sprintf("port %d: %s; port %d: %s", first.Port, first.Text, port, err.Text)
-		both.Remedy = fmt.Sprintf("Neither port %d nor port %d works from here: a firewall, VPN, antivirus or the ISP blocks outgoing mail — allow outgoing TCP %d and %d for this program, or try another network.", first.Port, port, first.Port, port)
+		if blocked(first) && blocked(err) {
+			both.Remedy = fmt.Sprintf("Neither port %d nor port %d works from here: a firewall, VPN, antivirus or the ISP blocks outgoing mail — allow outgoing TCP %d and %d for this program, or try another network.", first.Port, port, first.Port, port)
+		}
 		return nil, &both
 	}
 	return nil, first
+}
+
+// blocked reports a port that looks filtered: refused, or silent.
+func blocked(e *Error) bool {
+	var ne net.Error
+	silent := errors.As(e.Err, &ne) && ne.Timeout()
+	return e.Stage == StageConnect || (silent && (e.Stage == StageGreeting || e.Stage == StageTLS))
 }
 
 func (c *Client) lookup(ctx context.Context) error {
@@ -237,7 +246,7 @@ func (s *session) close() {
 	s.raw.Close()
 }
 
-func (c *Client) open(ctx context.Context, port int, full bool) (s *session, rerr *Error) {
+func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rerr *Error) {
 	addr := net.JoinHostPort(c.cfg.Host, strconv.Itoa(port))
 	d := net.Dialer{Timeout: c.cfg.ConnectTimeout}
 	raw, err := d.DialContext(ctx, "tcp", addr)
@@ -245,7 +254,7 @@ func (c *Client) open(ctx context.Context, port int, full bool) (s *session, rer
 		return nil, newError(StageConnect, port, err)
 	}
 	c.trace(StageConnect, port, "connected to %s", addr)
-	s = &session{c: c, port: port, raw: raw}
+	s := &session{c: c, port: port, raw: raw}
 	// Cancelling ctx (shutdown) unblocks any read or write at once.
 	s.stop = context.AfterFunc(ctx, func() { raw.Close() })
 	defer func() {

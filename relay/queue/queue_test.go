@@ -1,0 +1,201 @@
+package queue
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newMsg() *Message {
+	return &Message{From: "me@icloud.com", Rcpts: []Recipient{{Addr: "a@example.com", Status: Pending}, {Addr: "b@example.com", Status: Pending}}}
+}
+
+func mustOpen(t *testing.T, dir string) *Queue {
+	t.Helper()
+	q, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
+func TestEnqueueSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	q := mustOpen(t, dir)
+	body := "Subject: hi\r\n\r\nbody\r\n"
+	m := newMsg()
+	if err := q.Enqueue(m, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if m.ID == "" || m.Size != int64(len(body)) || !ValidID(m.ID) {
+		t.Fatalf("bad message %+v", m)
+	}
+	q2 := mustOpen(t, dir)
+	rep, err := q2.Recover()
+	if err != nil || rep.TempRemoved+rep.OrphansRemoved+len(rep.Quarantined) != 0 {
+		t.Fatalf("clean queue recovered as %+v, %v", rep, err)
+	}
+	list, err := q2.Active()
+	if err != nil || len(list) != 1 || list[0].ID != m.ID || len(list[0].Pending()) != 2 {
+		t.Fatalf("Active = %+v, %v", list, err)
+	}
+	f, err := q2.Body(m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(f)
+	f.Close()
+	if string(got) != body {
+		t.Fatalf("body %q", got)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmp) != 0 {
+		t.Fatalf("temp files left: %v", tmp)
+	}
+}
+
+type failingReader struct{ n int }
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if r.n == 0 {
+		return 0, errors.New("client vanished")
+	}
+	r.n--
+	return copy(p, "partial data "), nil
+}
+
+func TestFailedEnqueueLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	q := mustOpen(t, dir)
+	err := q.Enqueue(newMsg(), &failingReader{n: 3})
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, sub := range []string{"tmp", "active", "failed"} {
+		if e, _ := os.ReadDir(filepath.Join(dir, sub)); len(e) != 0 {
+			t.Errorf("%s not empty after failed enqueue: %v", sub, e)
+		}
+	}
+}
+
+func TestEnqueueIntoBrokenDirFails(t *testing.T) {
+	dir := t.TempDir()
+	q := mustOpen(t, dir)
+	os.RemoveAll(filepath.Join(dir, "tmp"))
+	os.WriteFile(filepath.Join(dir, "tmp"), nil, 0o600) // a file where the directory was
+	var qe *Error
+	if err := q.Enqueue(newMsg(), strings.NewReader("x")); !errors.As(err, &qe) {
+		t.Fatalf("want *queue.Error, got %v", err)
+	}
+}
+
+func TestDeleteAndFail(t *testing.T) {
+	dir := t.TempDir()
+	q := mustOpen(t, dir)
+	a, b := newMsg(), newMsg()
+	q.Enqueue(a, strings.NewReader("a"))
+	q.Enqueue(b, strings.NewReader("b"))
+	if err := q.Delete(a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Fail(b, Outcome{Stage: "rcpt", Code: 550, Text: "no such user"}); err != nil {
+		t.Fatal(err)
+	}
+	if act, _ := q.Active(); len(act) != 0 {
+		t.Fatalf("active: %v", act)
+	}
+	failed, _ := q.Failed()
+	if len(failed) != 1 || failed[0].Final.Code != 550 {
+		t.Fatalf("failed: %+v", failed)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "failed", b.ID+".eml")); err != nil {
+		t.Fatal("failed message data missing")
+	}
+}
+
+func TestRecoverAfterCrashDebris(t *testing.T) {
+	dir := t.TempDir()
+	q := mustOpen(t, dir)
+	good, trunc, nodata, failing := newMsg(), newMsg(), newMsg(), newMsg()
+	for _, m := range []*Message{good, trunc, nodata, failing} {
+		if err := q.Enqueue(m, strings.NewReader("Subject: x\r\n\r\nhello\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	active := filepath.Join(dir, "active")
+	os.WriteFile(filepath.Join(dir, "tmp", "half-written.eml"), []byte("par"), 0o600)
+	os.WriteFile(filepath.Join(active, "20260101T000000-orphan.eml"), []byte("never committed"), 0o600)
+	os.WriteFile(filepath.Join(active, "20260101T000000-badjson.json"), []byte("{not json"), 0o600)
+	os.WriteFile(filepath.Join(active, "20260101T000000-badjson.eml"), []byte("data"), 0o600)
+	os.WriteFile(filepath.Join(active, "20260101T000000-future.json"), []byte(`{"version":99,"id":"20260101T000000-future"}`), 0o600)
+	os.Truncate(filepath.Join(active, trunc.ID+".eml"), 3)
+	os.Remove(filepath.Join(active, nodata.ID+".eml"))
+	// A move to failed/ interrupted after the data moved.
+	os.Rename(filepath.Join(active, failing.ID+".eml"), filepath.Join(dir, "failed", failing.ID+".eml"))
+
+	q2 := mustOpen(t, dir)
+	rep, err := q2.Recover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.TempRemoved != 1 || rep.OrphansRemoved != 1 || rep.FailsFinished != 1 || len(rep.Quarantined) != 4 {
+		t.Fatalf("recovery %+v", rep)
+	}
+	act, _ := q2.Active()
+	if len(act) != 1 || act[0].ID != good.ID {
+		t.Fatalf("active after recovery: %+v", act)
+	}
+	failed, _ := q2.Failed()
+	reasons := map[string]string{}
+	for _, m := range failed {
+		reasons[m.ID] = m.Final.Text
+	}
+	if !strings.Contains(reasons[trunc.ID], "truncated") || !strings.Contains(reasons[nodata.ID], "missing") || reasons[failing.ID] == "" {
+		t.Fatalf("failed reasons: %v", reasons)
+	}
+	for _, bad := range []string{"20260101T000000-badjson.json.bad", "20260101T000000-future.json.bad", "20260101T000000-badjson.eml"} {
+		if _, err := os.Stat(filepath.Join(dir, "failed", bad)); err != nil {
+			t.Errorf("%s not quarantined: %v", bad, err)
+		}
+	}
+	// A second recovery finds nothing to do.
+	rep, _ = mustOpen(t, dir).Recover()
+	if rep.TempRemoved+rep.OrphansRemoved+rep.FailsFinished+len(rep.Quarantined) != 0 {
+		t.Fatalf("second recovery %+v", rep)
+	}
+}
+
+func TestHistoryIsBounded(t *testing.T) {
+	m := newMsg()
+	for i := 0; i < 50; i++ {
+		m.Record(Outcome{Text: string(rune('a' + i%26))})
+	}
+	if len(m.History) != maxHistory || m.LastError().Text != string(rune('a'+49%26)) {
+		t.Fatalf("history %d, last %+v", len(m.History), m.LastError())
+	}
+}
+
+func TestValidID(t *testing.T) {
+	for id, ok := range map[string]bool{"20261122T011613-abc": true, "../etc/passwd": false, "": false, "a/b": false, ".hidden": false} {
+		if ValidID(id) != ok {
+			t.Errorf("ValidID(%q) != %v", id, ok)
+		}
+	}
+}
+
+func TestLargeMessageStreams(t *testing.T) {
+	q := mustOpen(t, t.TempDir())
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB
+	m := newMsg()
+	if err := q.Enqueue(m, bytes.NewReader(big)); err != nil {
+		t.Fatal(err)
+	}
+	if m.Size != int64(len(big)) {
+		t.Fatalf("size %d", m.Size)
+	}
+}

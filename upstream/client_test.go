@@ -1,0 +1,279 @@
+package upstream_test
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/icloud-relay/icloud-relay/upstream"
+	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
+)
+
+func standin(t *testing.T) *upstreamtest.Server {
+	t.Helper()
+	s, err := upstreamtest.Start(upstreamtest.Options{Aliases: []string{"alias@icloud.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func client(t *testing.T, s *upstreamtest.Server, mod ...func(*upstream.Config)) *upstream.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.CA.PEM)
+	cfg := upstream.Config{
+		Host: s.Host, StartTLSPort: s.StartTLSPort, TLSPort: s.TLSPort,
+		Username: s.Username(), Password: s.Password(), RootCAs: pool, HeloName: "relay-host.example",
+		ConnectTimeout: 2 * time.Second, Timeout: time.Second, ReprobeInterval: time.Hour,
+	}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	return upstream.New(cfg)
+}
+
+const body = "From: <demo@icloud.com>\r\nTo: <friend@example.com>\r\nSubject: t\r\n\r\nhello\r\n.dot line\r\n"
+
+func msg(from string, to ...string) *upstream.Message {
+	if len(to) == 0 {
+		to = []string{"friend@example.com"}
+	}
+	return &upstream.Message{From: from, To: to, Size: int64(len(body)), Body: strings.NewReader(body)}
+}
+
+func TestSendOverStartTLS(t *testing.T) {
+	s := standin(t)
+	c := client(t, s)
+	res, err := c.Send(context.Background(), msg(s.Username()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := s.Messages()
+	if len(got) != 1 || string(got[0].Data) != body || got[0].Port != s.StartTLSPort || res.Port != s.StartTLSPort {
+		t.Fatalf("got %+v", got)
+	}
+	if h := s.HeloNames(); len(h) != 1 || h[0] != "relay-host.example" {
+		t.Fatalf("EHLO after TLS used %v, want the configured name", h)
+	}
+}
+
+// The per-stage fault table of issue #2/#3: each fault yields the right
+// stage, permanence, code and remedy.
+func TestFaultsAreClassifiedByStage(t *testing.T) {
+	e := func(code int, ec smtp.EnhancedCode, text string) *smtp.SMTPError {
+		return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: text}
+	}
+	cases := []struct {
+		name      string
+		setup     func(*upstreamtest.Server)
+		from      string
+		stage     upstream.Stage
+		temporary bool
+		code      int
+		remedy    string
+		noAuth    bool // the password must not have been sent
+	}{
+		{name: "both ports refused", setup: func(s *upstreamtest.Server) {
+			s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
+			s.SetPort(s.TLSPort, upstreamtest.PortRefused)
+		}, stage: upstream.StageConnect, temporary: true, remedy: "Neither port", noAuth: true},
+		{name: "both ports blackholed", setup: func(s *upstreamtest.Server) {
+			s.SetPort(s.StartTLSPort, upstreamtest.PortBlackhole)
+			s.SetPort(s.TLSPort, upstreamtest.PortBlackhole)
+		}, stage: upstream.StageGreeting, temporary: true, remedy: "Neither port", noAuth: true},
+		{name: "bad certificate", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{BadCert: true}) },
+			stage: upstream.StageTLS, temporary: true, remedy: "intercepting TLS", noAuth: true},
+		{name: "certificate for another name", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{WrongName: true}) },
+			stage: upstream.StageTLS, temporary: true, remedy: "intercepting TLS", noAuth: true},
+		{name: "421 at greeting", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Greeting: e(421, smtp.EnhancedCode{4, 3, 2}, "Service not available")})
+		}, stage: upstream.StageGreeting, temporary: true, code: 421, remedy: "busy or maintenance", noAuth: true},
+		{name: "auth refused", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{AuthFail: true}) },
+			stage: upstream.StageAuth, temporary: false, code: 535, remedy: "app-specific password"},
+		{name: "too many logins", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Auth: e(454, smtp.EnhancedCode{4, 7, 0}, "Too many login attempts")})
+		}, stage: upstream.StageAuth, temporary: true, code: 454, remedy: "waits and retries"},
+		{name: "sender not allowed", from: "stranger@example.com",
+			stage: upstream.StageMail, temporary: false, code: 553, remedy: "aliases"},
+		{name: "4xx at MAIL", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Mail: e(451, smtp.EnhancedCode{4, 3, 0}, "try later")})
+		}, stage: upstream.StageMail, temporary: true, code: 451, remedy: "retries by itself"},
+		{name: "recipient refused", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"friend@example.com": e(550, smtp.EnhancedCode{5, 1, 1}, "no such user")}})
+		}, stage: upstream.StageRcpt, temporary: false, code: 550, remedy: "recipient"},
+		{name: "4xx at DATA", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Data: e(451, smtp.EnhancedCode{4, 3, 0}, "local error")})
+		}, stage: upstream.StageData, temporary: true, code: 451, remedy: "retries by itself"},
+		{name: "too large", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Data: e(552, smtp.EnhancedCode{5, 3, 4}, "too big")})
+		}, stage: upstream.StageData, temporary: false, code: 552, remedy: "larger than iCloud accepts"},
+		{name: "dropped after DATA", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{DropAfterData: true}) },
+			stage: upstream.StageData, temporary: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := standin(t)
+			if tc.setup != nil {
+				tc.setup(s)
+			}
+			from := tc.from
+			if from == "" {
+				from = s.Username()
+			}
+			_, err := client(t, s).Send(context.Background(), msg(from))
+			var ue *upstream.Error
+			if !errors.As(err, &ue) {
+				t.Fatalf("want *upstream.Error, got %T %v", err, err)
+			}
+			if ue.Stage != tc.stage || ue.Temporary != tc.temporary || (tc.code != 0 && ue.Code != tc.code) {
+				t.Fatalf("got stage=%s temporary=%v code=%d (%v); want stage=%s temporary=%v code=%d",
+					ue.Stage, ue.Temporary, ue.Code, ue, tc.stage, tc.temporary, tc.code)
+			}
+			if ue.Remedy == "" || !strings.Contains(ue.Remedy, tc.remedy) {
+				t.Fatalf("remedy %q lacks %q", ue.Remedy, tc.remedy)
+			}
+			if tc.noAuth && s.AuthAttempts() != 0 {
+				t.Fatalf("password was sent (%d AUTH attempts) although the connection failed before login", s.AuthAttempts())
+			}
+			if strings.Contains(ue.Error(), s.Password()) {
+				t.Fatal("error mentions the password")
+			}
+		})
+	}
+}
+
+func TestFallbackTo465WhenStartTLSPortRefused(t *testing.T) {
+	s := standin(t)
+	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
+	c := client(t, s)
+	res, err := c.Send(context.Background(), msg(s.Username()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Port != s.TLSPort || c.Preferred() != s.TLSPort {
+		t.Fatalf("delivered on %d, preferred now %d; want %d", res.Port, c.Preferred(), s.TLSPort)
+	}
+}
+
+func TestBlackholed587FallsBackAndIsRemembered(t *testing.T) {
+	s := standin(t)
+	s.SetPort(s.StartTLSPort, upstreamtest.PortBlackhole)
+	var events []upstream.Event
+	c := client(t, s, func(cfg *upstream.Config) {
+		cfg.Trace = func(e upstream.Event) { events = append(events, e) }
+	})
+	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Messages(); len(got) != 1 || got[0].Port != s.TLSPort {
+		t.Fatalf("got %+v", got)
+	}
+	// The next message goes straight to 465: no connection to 587 at all.
+	events = nil
+	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events {
+		if e.Port == s.StartTLSPort {
+			t.Fatalf("second delivery touched the blackholed port: %+v", e)
+		}
+	}
+	if got := s.Messages(); len(got) != 2 || got[1].Port != s.TLSPort {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+func TestReprobesStartTLSPortAfterInterval(t *testing.T) {
+	s := standin(t)
+	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
+	c := client(t, s, func(cfg *upstream.Config) { cfg.ReprobeInterval = time.Nanosecond })
+	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+		t.Fatal(err)
+	}
+	s.SetPort(s.StartTLSPort, upstreamtest.PortUp)
+	res, err := c.Send(context.Background(), msg(s.Username()))
+	if err != nil || res.Port != s.StartTLSPort {
+		t.Fatalf("after the reprobe interval want port %d, got %+v %v", s.StartTLSPort, res, err)
+	}
+}
+
+func TestNoFallbackAfterAuthRefusal(t *testing.T) {
+	s := standin(t)
+	s.SetFaults(upstreamtest.Faults{AuthFail: true})
+	_, err := client(t, s).Send(context.Background(), msg(s.Username()))
+	if err == nil || s.AuthAttempts() != 1 {
+		t.Fatalf("want one login attempt only (465 would repeat the refusal), got %d: %v", s.AuthAttempts(), err)
+	}
+}
+
+func TestPartialRecipientRefusal(t *testing.T) {
+	s := standin(t)
+	s.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"bad@example.com": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}}})
+	res, err := client(t, s).Send(context.Background(), msg(s.Username(), "good@example.com", "bad@example.com"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Refused) != 1 || res.Refused["bad@example.com"].Code != 550 {
+		t.Fatalf("refused %+v", res.Refused)
+	}
+	if got := s.Messages(); len(got) != 1 || len(got[0].To) != 1 || got[0].To[0] != "good@example.com" {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+func TestSizeIsAnnouncedInMailFrom(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = client(t, s).Send(context.Background(), msg(s.Username()))
+	var ue *upstream.Error
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageMail || ue.Code != 552 {
+		t.Fatalf("an oversized message must be refused at MAIL (SIZE=), before upload: %v", err)
+	}
+}
+
+func TestHungServerDoesNotHangTheClient(t *testing.T) {
+	s := standin(t)
+	s.SetFaults(upstreamtest.Faults{Delay: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := client(t, s).Send(ctx, msg(s.Username()))
+	var ue *upstream.Error
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageMail || !ue.Temporary || ctx.Err() != nil {
+		t.Fatalf("want a timeout at MAIL from the per-read timeout, got %v (ctx %v)", err, ctx.Err())
+	}
+}
+
+func TestProbe(t *testing.T) {
+	s := standin(t)
+	c := client(t, s)
+	if err := c.Probe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s.AuthAttempts() != 0 {
+		t.Fatal("a probe must not log in")
+	}
+	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
+	s.SetPort(s.TLSPort, upstreamtest.PortRefused)
+	if err := c.Probe(context.Background()); err == nil {
+		t.Fatal("probe of a down server succeeded")
+	}
+}
+
+func TestDNSFailureIsStageDNS(t *testing.T) {
+	s := standin(t)
+	c := client(t, s, func(cfg *upstream.Config) { cfg.Host = "no-such-host.invalid" })
+	_, err := c.Send(context.Background(), msg(s.Username()))
+	var ue *upstream.Error
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageDNS || !ue.Temporary {
+		t.Fatalf("got %v", err)
+	}
+}
