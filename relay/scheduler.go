@@ -270,7 +270,9 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 			r.Error = outcome(ue, now)
 		default:
 			r.Error = outcome(ue, now)
-			if !ue.Temporary {
+			// A refused login is about the account, not this message: it
+			// waits for the account to be fixed instead of failing.
+			if !ue.Temporary && !ue.AccountProblem() {
 				r.Status = queue.Failed
 			}
 		}

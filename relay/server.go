@@ -105,6 +105,11 @@ func (s *Server) Serve() {
 
 // Shutdown stops accepting and waits for sessions to end, or ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
+	// Close our listeners ourselves: go-smtp only closes those its Serve
+	// has registered, and a Serve goroutine may not have got that far.
+	for _, ln := range s.lns {
+		ln.Close()
+	}
 	err := s.smtp.Shutdown(ctx)
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		s.smtp.Close()

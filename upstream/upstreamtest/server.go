@@ -27,6 +27,9 @@ import (
 	"github.com/icloud-relay/icloud-relay/internal/saslserver"
 )
 
+// DefaultPassword is the stand-in account's password unless Options say otherwise.
+const DefaultPassword = "abcd-efgh-ijkl-mnop"
+
 // Options configure the stand-in account.
 type Options struct {
 	Username string   // default "demo@icloud.com"
@@ -94,7 +97,7 @@ func Start(opts Options) (*Server, error) {
 		opts.Username = "demo@icloud.com"
 	}
 	if opts.Password == "" {
-		opts.Password = "abcd-efgh-ijkl-mnop"
+		opts.Password = DefaultPassword
 	}
 	if opts.MaxSize == 0 {
 		opts.MaxSize = 20 << 20

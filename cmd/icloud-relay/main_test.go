@@ -1,0 +1,261 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "icloud-relay-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "icloud-relay")
+	if out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running relay process with its stderr collected.
+type proc struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs []string
+	done chan struct{}
+}
+
+func startProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(binary, args...), done: make(chan struct{})}
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.logs = append(p.logs, sc.Text())
+			p.mu.Unlock()
+		}
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() { p.cmd.Process.Kill(); <-p.done })
+	return p
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.logs, "\n")
+}
+
+// waitLog waits for a JSON log line with the given message and returns it.
+func (p *proc) waitLog(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		p.mu.Lock()
+		for _, l := range p.logs {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["message"] == msg {
+				p.mu.Unlock()
+				return m
+			}
+		}
+		p.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no log line %q; output:\n%s", msg, p.output())
+	return nil
+}
+
+func writeConfig(t *testing.T, s *upstreamtest.Server, dir, password string) string {
+	t.Helper()
+	ca, err := s.WriteCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`[listen]
+addr = "127.0.0.1:0"
+[upstream]
+host = %q
+starttls_port = %d
+tls_port = %d
+username = %q
+password = %q
+ca_file = %q
+helo_name = "relay-proc.example"
+connect_timeout = "2s"
+timeout = "2s"
+[queue]
+dir = %q
+[delivery]
+probe_interval = "200ms"
+sync_window = "2s"
+[log]
+format = "json"
+level = "debug"
+`, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), password, ca, filepath.Join(dir, "queue"))
+	path := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func sendTo(addr, subject string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Mail("demo@icloud.com", nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt("friend@example.com", nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	io.WriteString(w, "Subject: "+subject+"\r\n\r\nbody\r\n")
+	return w.Close()
+}
+
+func TestKilledRelayDeliversEverythingAfterRestart(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
+	s.SetPort(s.TLSPort, upstreamtest.PortRefused)
+	dir := t.TempDir()
+	cfg := writeConfig(t, s, dir, s.Password())
+
+	p := startProc(t, "run", "--config", cfg)
+	addr := p.waitLog(t, "listening for local mail clients")["addr"].(string)
+	const n = 5
+	for i := 0; i < n; i++ {
+		if err := sendTo(addr, fmt.Sprintf("kill-%d", i)); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+
+	s.SetPort(s.StartTLSPort, upstreamtest.PortUp)
+	s.SetPort(s.TLSPort, upstreamtest.PortUp)
+	p2 := startProc(t, "run", "--config", cfg)
+	p2.waitLog(t, "picked up queued messages")
+	got := s.WaitMessages(n, 30*time.Second)
+	if len(got) != n {
+		t.Fatalf("%d of %d delivered after SIGKILL and restart; log:\n%s", len(got), n, p2.output())
+	}
+	seen := map[string]bool{}
+	for _, m := range got {
+		if seen[string(m.Data)] {
+			t.Fatalf("duplicate delivery: %q", m.Data)
+		}
+		seen[string(m.Data)] = true
+	}
+	p2.cmd.Process.Signal(syscall.SIGTERM)
+	<-p2.done
+	if code := p2.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("SIGTERM: exit %d, want 0", code)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(dir, "queue", "active")); len(entries) != 0 {
+		t.Fatalf("queue not empty: %v", entries)
+	}
+}
+
+func TestWrongPasswordIsNeverLogged(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const wrong = "zzzz-wron-gpas-swrd"
+	p := startProc(t, "run", "--config", writeConfig(t, s, t.TempDir(), wrong))
+	addr := p.waitLog(t, "listening for local mail clients")["addr"].(string)
+	if err := sendTo(addr, "secret-check"); err != nil {
+		t.Fatal(err)
+	}
+	l := p.waitLog(t, "iCloud refused the login: all deliveries paused (messages stay queued); fix the password or username and restart, or wait")
+	if l["stage"] != "auth" || l["smtp_code"] != 535.0 || l["remedy"] == nil {
+		t.Fatalf("auth log line %v", l)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	if strings.Contains(p.output(), wrong) {
+		t.Fatal("the password appears in the output")
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[upstream]\nusername = \"me@icloud.com\"\npassword = \"x\"\nport = 587\n"), 0o600)
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"run", "--config", bad}, 2, "bad.toml:4: upstream.port: unknown key"},
+		{[]string{"run", "--config", filepath.Join(dir, "missing.toml")}, 2, "cannot read config"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"run", "--nope"}, 2, "flag provided but not defined"},
+		{[]string{}, 2, "Usage"},
+		{[]string{"run", "--help"}, 0, "Usage: icloud-relay run"},
+		{[]string{"version"}, 0, "icloud-relay"},
+	}
+	for _, c := range cases {
+		cmd := exec.Command(binary, c.args...)
+		out, _ := cmd.CombinedOutput()
+		code := cmd.ProcessState.ExitCode()
+		if code != c.code || !strings.Contains(string(out), c.want) {
+			t.Errorf("%v: exit %d, output %q; want exit %d with %q", c.args, code, out, c.code, c.want)
+		}
+	}
+}
+
+func TestDemo(t *testing.T) {
+	out, err := exec.Command(binary, "demo").CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"stage=connect", "stage=tls", "stage=auth", "stage=data", "delivered", "identical to what the client sent: true"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), upstreamtest.DefaultPassword) {
+		t.Error("demo prints the password")
+	}
+}
