@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -64,7 +63,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 	lc := relay.ListenConfig{
 		Addrs: listenAddrs(l.Addr), Allow: l.AllowNets, Users: map[string]string{},
 		Hostname: l.Hostname, MaxMessageSize: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
-		Timeout: l.Timeout.D(), SyncWindow: d.SyncWindow.D(),
+		Timeout: l.Timeout.D(), SyncWindow: d.SyncWindow.D(), UpstreamLimit: a.up.MaxSize,
 	}
 	for _, usr := range l.Users {
 		lc.Users[usr.Username] = usr.Password.Reveal()
@@ -140,12 +139,10 @@ func (a *App) Addr() net.Addr { return a.srv.Addr() }
 // Stop stops accepting, lets client sessions finish until ctx ends, then
 // stops delivery. Queued messages stay queued.
 func (a *App) Stop(ctx context.Context) error {
+	a.log.Info().Msg("stopping: no new connections; sessions in progress may finish")
 	err := a.srv.Shutdown(ctx)
 	a.cancel()
 	a.sched.Wait()
 	a.log.Info().Int("queued", a.sched.Len()).Msg("relay stopped")
 	return err
 }
-
-// StopTimeout is how long a graceful stop may take.
-const StopTimeout = 20 * time.Second

@@ -565,3 +565,21 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func TestClientAnnouncingMoreThanUpstreamAcceptsIsRefusedAtMail(t *testing.T) {
+	e := newEnv(t, "")
+	// One delivery teaches the relay the upstream's SIZE (20 MiB here).
+	if _, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("learn", "x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	e.standin.WaitMessages(1, 10*time.Second)
+	c, err := smtp.Dial(e.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Mail("demo@icloud.com", &smtp.MailOptions{Size: 20<<20 + 1})
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 552 || !strings.Contains(se.Message, "iCloud accepts up to 20971520 bytes") {
+		t.Fatalf("MAIL SIZE over the upstream's limit: %v, want 552", err)
+	}
+}

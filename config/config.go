@@ -100,7 +100,6 @@ type Log struct {
 
 // Default returns the configuration used for every key the file leaves out.
 func Default() Config {
-	host, _ := os.Hostname()
 	return Config{
 		Listen: Listen{
 			Addr:           "127.0.0.1:2525",
@@ -114,7 +113,7 @@ func Default() Config {
 			Host:            "smtp.mail.me.com",
 			StartTLSPort:    587,
 			TLSPort:         465,
-			HeloName:        host,
+			HeloName:        defaultHeloName(),
 			ConnectTimeout:  Duration(15 * time.Second),
 			Timeout:         Duration(60 * time.Second),
 			ReprobeInterval: Duration(time.Hour),
@@ -131,6 +130,16 @@ func Default() Config {
 		},
 		Log: Log{Level: "info"},
 	}
+}
+
+// defaultHeloName is the system's host name, or an address literal when the
+// system calls itself "localhost", which servers may distrust.
+func defaultHeloName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" || strings.EqualFold(host, "localhost") || strings.HasPrefix(strings.ToLower(host), "localhost.") {
+		return "[127.0.0.1]"
+	}
+	return host
 }
 
 // DefaultDataDir is where the queue lives when queue.dir is not set.

@@ -94,7 +94,7 @@ format = "console"
 		return err
 	}
 	defer func() {
-		stopCtx, cancel := context.WithTimeout(context.Background(), app.StopTimeout)
+		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		relay.Stop(stopCtx)
 	}()

@@ -38,6 +38,10 @@ type ListenConfig struct {
 	MaxRecipients  int
 	Timeout        time.Duration
 	SyncWindow     time.Duration
+	// UpstreamLimit, if set, returns the upstream's advertised size limit
+	// (0 while unknown), so a client announcing a larger SIZE is refused
+	// at once instead of after the upload.
+	UpstreamLimit func() int64
 }
 
 // Server is the local SMTP listener.
@@ -115,8 +119,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.smtp.Close()
 	}
 	s.wg.Wait()
-	if errors.Is(err, smtp.ErrServerClosed) {
-		return nil
+	if errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil // already closed: nothing went wrong
 	}
 	return err
 }
@@ -178,6 +182,12 @@ func (s *Server) checkUser(user, pass string) bool {
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if len(ss.srv.cfg.Users) > 0 && !ss.authed {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required: log in with a user from this relay's [[listen.users]]"}
+	}
+	if opts != nil && ss.srv.cfg.UpstreamLimit != nil {
+		if limit := ss.srv.cfg.UpstreamLimit(); limit > 0 && opts.Size > limit {
+			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+				Message: fmt.Sprintf("Message too large: iCloud accepts up to %d bytes", limit)}
+		}
 	}
 	ss.from = from
 	ss.utf8 = opts != nil && opts.UTF8

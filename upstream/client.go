@@ -79,6 +79,7 @@ type Client struct {
 	mu         sync.Mutex
 	preferred  int
 	fellBackAt time.Time
+	maxSize    int64 // the server's advertised SIZE, 0 until known
 }
 
 // New returns a client for cfg.
@@ -112,6 +113,14 @@ func LoadRoots(caFile string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
 	}
 	return pool, nil
+}
+
+// MaxSize returns the largest message the server said it accepts, or 0
+// while unknown.
+func (c *Client) MaxSize() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.maxSize
 }
 
 // Preferred returns the port the next delivery tries first.
@@ -294,6 +303,13 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 	}
 	if !full {
 		return s, nil
+	}
+	if ok, v := s.client.Extension("SIZE"); ok {
+		if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil && n > 0 {
+			c.mu.Lock()
+			c.maxSize = n
+			c.mu.Unlock()
+		}
 	}
 	// Belt and braces: never hand the password to a connection whose
 	// certificate was not verified, whatever the configuration says.

@@ -14,6 +14,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/demo"
 	"github.com/icloud-relay/icloud-relay/logging"
+	"github.com/icloud-relay/icloud-relay/service"
 )
 
 // Exit codes (DESIGN.md): 0 ok, 1 runtime failure, 2 usage or config error.
@@ -133,18 +134,9 @@ func runCmd(args []string) int {
 		log.Error().Err(err).Msg("cannot start")
 		return exitFailure
 	}
-	if err := a.Start(); err != nil {
-		log.Error().Err(err).Msg("cannot start")
+	if err := service.Run(a); err != nil {
+		log.Error().Err(err).Msg("relay failed")
 		return exitFailure
-	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	s := <-sig
-	log.Info().Str("signal", s.String()).Msg("stopping")
-	ctx, cancel := context.WithTimeout(context.Background(), app.StopTimeout)
-	defer cancel()
-	if err := a.Stop(ctx); err != nil {
-		log.Warn().Err(err).Msg("stop was not clean; queued messages are kept")
 	}
 	return exitOK
 }

@@ -188,7 +188,7 @@ func TestKilledRelayDeliversEverythingAfterRestart(t *testing.T) {
 	p2.cmd.Process.Signal(syscall.SIGTERM)
 	<-p2.done
 	if code := p2.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("SIGTERM: exit %d, want 0", code)
+		t.Fatalf("SIGTERM: exit %d, want 0; log:\n%s", code, p2.output())
 	}
 	if entries, _ := os.ReadDir(filepath.Join(dir, "queue", "active")); len(entries) != 0 {
 		t.Fatalf("queue not empty: %v", entries)
@@ -240,6 +240,7 @@ func TestExitCodes(t *testing.T) {
 		out, _ := cmd.CombinedOutput()
 		code := cmd.ProcessState.ExitCode()
 		if code != c.code || !strings.Contains(string(out), c.want) {
+			// The whole output helps when this fails on a loaded machine.
 			t.Errorf("%v: exit %d, output %q; want exit %d with %q", c.args, code, out, c.code, c.want)
 		}
 	}

@@ -1,0 +1,46 @@
+package logging
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestRedactsSecretsInEveryField(t *testing.T) {
+	var buf bytes.Buffer
+	log, _, err := New(Options{Level: "debug", Format: "json", Secrets: []string{"hunter2-pass", `q"uote-pw`, "ab"}}, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info().Str("remedy", "the password hunter2-pass was wrong").Msg("auth hunter2-pass failed")
+	log.Error().Err(errors.New(`dial: q"uote-pw`)).Msg("x")
+	log.Info().Msg("about tabs") // a 2-byte secret is not masked
+	out := buf.String()
+	if strings.Contains(out, "hunter2-pass") || strings.Contains(out, `q\"uote-pw`) {
+		t.Fatalf("secret leaked: %s", out)
+	}
+	if !strings.Contains(out, "[REDACTED]") || !strings.Contains(out, "about tabs") {
+		t.Fatalf("output: %s", out)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("redaction broke JSON: %s", line)
+		}
+		if _, ok := m["time"]; !ok {
+			t.Fatalf("no time field: %s", line)
+		}
+	}
+}
+
+func TestConsoleFormatAndLevel(t *testing.T) {
+	var buf bytes.Buffer
+	log, _, _ := New(Options{Level: "warn", Format: "console"}, &buf)
+	log.Info().Msg("hidden")
+	log.Warn().Str("stage", "tls").Msg("shown")
+	if out := buf.String(); strings.Contains(out, "hidden") || !strings.Contains(out, "shown") || !strings.Contains(out, "stage=tls") || strings.HasPrefix(out, "{") {
+		t.Fatalf("console output: %q", out)
+	}
+}
