@@ -583,3 +583,22 @@ func TestClientAnnouncingMoreThanUpstreamAcceptsIsRefusedAtMail(t *testing.T) {
 		t.Fatalf("MAIL SIZE over the upstream's limit: %v, want 552", err)
 	}
 }
+
+func TestBlackholed587FallsBackTo465AndStaysThere(t *testing.T) {
+	e := newEnv(t, "")
+	s := e.standin
+	s.SetPort(s.StartTLSPort, upstreamtest.PortBlackhole)
+	for i := 0; i < 2; i++ {
+		if _, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message(fmt.Sprintf("bh-%d", i), "x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		got := s.WaitMessages(i+1, 15*time.Second)
+		if len(got) != i+1 || got[i].Port != s.TLSPort {
+			t.Fatalf("message %d: got %+v, want delivery on port %d", i, got, s.TLSPort)
+		}
+	}
+	// Only the first delivery waited for the silent 587: one greeting failure.
+	if l := e.logs.lines(map[string]any{"stage": "greeting", "port": s.StartTLSPort}); len(l) != 1 {
+		t.Fatalf("587 was tried %d times; the working port must be remembered", len(l))
+	}
+}

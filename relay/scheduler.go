@@ -323,9 +323,6 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		return
 	}
 
-	if err := s.q.Update(m); err != nil {
-		log.Error().Err(err).Str("stage", "queue").Msg("cannot record the delivery attempt")
-	}
 	cause := ue
 	if cause == nil {
 		for _, r := range m.Rcpts {
@@ -335,7 +332,12 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 			}
 		}
 	}
-	s.upstreamState(cause, log)
+	if resume := s.upstreamState(cause); resume.After(m.NextAttempt) {
+		m.NextAttempt = resume
+	}
+	if err := s.q.Update(m); err != nil {
+		log.Error().Err(err).Str("stage", "queue").Msg("cannot record the delivery attempt")
+	}
 	ev := log.Warn()
 	withError(ev, cause).Int("attempt", m.Attempts).Time("next_retry", m.NextAttempt).
 		Int("delivered", delivered).Int("pending", pending)
@@ -344,35 +346,31 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 }
 
 // upstreamState pauses or marks the upstream down when the failure is about
-// the account or the whole server, logging once per change of state.
-func (s *Scheduler) upstreamState(e *upstream.Error, log zerolog.Logger) {
+// the account or the whole server, logging once per change of state. It
+// returns when paused deliveries resume (zero when not paused).
+func (s *Scheduler) upstreamState(e *upstream.Error) time.Time {
 	if e == nil {
-		return
+		return time.Time{}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
 	switch {
-	case e.AccountProblem():
-		if now.Before(s.pausedUntil) {
-			return
-		}
+	case e.AccountProblem() && !now.Before(s.pausedUntil):
 		s.pausedUntil = now.Add(s.pol.AuthPause)
 		ev := s.log.Error()
 		withError(ev, e).Time("next_retry", s.pausedUntil)
 		ev.Msg("iCloud refused the login: all deliveries paused (messages stay queued); fix the password or username and restart, or wait")
-	case e.Stage == upstream.StageAuth:
+	case e.Stage == upstream.StageAuth && e.Temporary:
 		// Refused for now, e.g. too many logins: back off as a whole.
 		s.pausedUntil = now.Add(s.pol.RetryMin)
-	case e.Unreachable():
-		if s.down != nil {
-			return
-		}
+	case e.Unreachable() && s.down == nil:
 		s.down = e
 		ev := s.log.Warn()
 		withError(ev, e).Dur("probe_every", s.pol.ProbeInterval)
 		ev.Msg("upstream unreachable: queued messages wait and are sent as soon as a probe sees it again")
 	}
+	return s.pausedUntil
 }
 
 // prober watches an unreachable upstream and, when it answers again, makes

@@ -240,7 +240,6 @@ func TestExitCodes(t *testing.T) {
 		out, _ := cmd.CombinedOutput()
 		code := cmd.ProcessState.ExitCode()
 		if code != c.code || !strings.Contains(string(out), c.want) {
-			// The whole output helps when this fails on a loaded machine.
 			t.Errorf("%v: exit %d, output %q; want exit %d with %q", c.args, code, out, c.code, c.want)
 		}
 	}
