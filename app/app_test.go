@@ -602,3 +602,50 @@ func TestBlackholed587FallsBackTo465AndStaysThere(t *testing.T) {
 		t.Fatalf("587 was tried %d times; the working port must be remembered", len(l))
 	}
 }
+
+func TestGracefulStopFinishesMessagesInFlightAndDropsIdleClients(t *testing.T) {
+	e := newEnv(t, "")
+	s := e.standin
+	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused) // keep what is accepted in the queue
+	s.SetPort(s.TLSPort, upstreamtest.PortRefused)
+
+	idle, err := smtp.Dial(e.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if err := idle.Hello("idle.test"); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := smtp.Dial(e.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busy.Mail("demo@icloud.com", nil)
+	busy.Rcpt("friend@example.com", nil)
+	w, err := busy.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, "Subject: in flight\r\n\r\nfirst half\r\n")
+
+	stopped := make(chan error, 1)
+	a := e.app
+	e.app = nil
+	go func() { stopped <- a.Stop(contextWithTimeout(time.Minute)) }()
+	// The idle client is let go at once...
+	waitFor(t, 10*time.Second, func() bool { return idle.Noop() != nil })
+	// ...while the one in the middle of a message may finish it.
+	io.WriteString(w, "second half\r\n")
+	if err := w.Close(); err != nil {
+		t.Fatalf("message in flight during stop: %v, want 250", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	q, _ := queue.Open(e.cfg.Queue.Dir)
+	if act, _ := q.Active(); len(act) != 1 {
+		t.Fatalf("%d queued after stop, want the in-flight message kept", len(act))
+	}
+}

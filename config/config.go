@@ -28,6 +28,7 @@ import (
 type Config struct {
 	Listen   Listen   `toml:"listen"`
 	Upstream Upstream `toml:"upstream"`
+	Sender   Sender   `toml:"sender"`
 	Queue    Queue    `toml:"queue"`
 	Delivery Delivery `toml:"delivery"`
 	Log      Log      `toml:"log"`
@@ -73,6 +74,17 @@ type Upstream struct {
 	ConnectTimeout  Duration `toml:"connect_timeout"`
 	Timeout         Duration `toml:"timeout"`
 	ReprobeInterval Duration `toml:"reprobe_interval"`
+}
+
+// Sender names the addresses the iCloud account may send from.
+type Sender struct {
+	Address string   `toml:"address"` // default: upstream.username
+	Aliases []string `toml:"aliases"`
+}
+
+// Addresses returns the sender address followed by the aliases.
+func (s Sender) Addresses() []string {
+	return append([]string{s.Address}, s.Aliases...)
 }
 
 // Queue configures the durable spool.
@@ -349,6 +361,18 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	positive(bad, "upstream.connect_timeout", c.Upstream.ConnectTimeout)
 	positive(bad, "upstream.timeout", c.Upstream.Timeout)
 	positive(bad, "upstream.reprobe_interval", c.Upstream.ReprobeInterval)
+
+	// sender
+	if c.Sender.Address == "" {
+		c.Sender.Address = c.Upstream.Username
+	} else if !strings.Contains(c.Sender.Address, "@") {
+		bad("sender.address", "%q is not an email address", c.Sender.Address)
+	}
+	for _, a := range c.Sender.Aliases {
+		if !strings.Contains(a, "@") {
+			bad("sender.aliases", "%q is not an email address", a)
+		}
+	}
 
 	// queue
 	if c.Queue.Dir == "" {

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -53,11 +54,14 @@ type Server struct {
 	smtp  *smtp.Server
 	lns   []net.Listener
 	wg    sync.WaitGroup
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
 }
 
 // NewServer returns a listener that queues into q and hands to sched.
 func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.Logger) *Server {
-	s := &Server{cfg: cfg, q: q, sched: sched, log: log}
+	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = cfg.TLS
@@ -107,22 +111,49 @@ func (s *Server) Serve() {
 	}
 }
 
-// Shutdown stops accepting and waits for sessions to end, or ctx.
+// Shutdown stops accepting, closes idle client sessions at once and lets
+// sessions in the middle of a message finish until ctx ends; then it closes
+// the rest (their clients got no 250, so they will send again).
 func (s *Server) Shutdown(ctx context.Context) error {
-	// Close our listeners ourselves: go-smtp only closes those its Serve
-	// has registered, and a Serve goroutine may not have got that far.
 	for _, ln := range s.lns {
 		ln.Close()
 	}
-	err := s.smtp.Shutdown(ctx)
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		s.smtp.Close()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		idle, busy := s.partition()
+		for _, c := range idle {
+			c.Close()
+		}
+		if busy == 0 {
+			break
+		}
+		select {
+		case <-t.C:
+			continue
+		case <-ctx.Done():
+			s.log.Warn().Int("sessions", busy).Msg("stop timeout: closing client sessions still sending; those clients will send again")
+		}
+		break
 	}
+	s.smtp.Close()
 	s.wg.Wait()
-	if errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
-		return nil // already closed: nothing went wrong
+	return nil
+}
+
+// partition returns the connections of idle sessions and counts the
+// sessions inside a mail transaction.
+func (s *Server) partition() (idle []*smtp.Conn, busy int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ss := range s.sessions {
+		if ss.busy.Load() {
+			busy++
+		} else {
+			idle = append(idle, ss.conn)
+		}
 	}
-	return err
+	return idle, busy
 }
 
 // Close stops at once.
@@ -134,11 +165,17 @@ func (s *Server) Close() {
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{srv: s, remote: c.Conn().RemoteAddr().String()}, nil
+	ss := &session{srv: s, conn: c, remote: c.Conn().RemoteAddr().String()}
+	s.mu.Lock()
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	return ss, nil
 }
 
 type session struct {
 	srv    *Server
+	conn   *smtp.Conn
+	busy   atomic.Bool // inside a mail transaction: a stop waits for it
 	remote string
 	authed bool
 	from   string
@@ -191,6 +228,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	ss.from = from
 	ss.utf8 = opts != nil && opts.UTF8
+	ss.busy.Store(true)
 	return nil
 }
 
@@ -241,9 +279,17 @@ func (ss *session) Data(r io.Reader) error {
 	return queued
 }
 
-func (ss *session) Reset() { ss.from, ss.utf8, ss.rcpts = "", false, nil }
+func (ss *session) Reset() {
+	ss.from, ss.utf8, ss.rcpts = "", false, nil
+	ss.busy.Store(false)
+}
 
-func (ss *session) Logout() error { return nil }
+func (ss *session) Logout() error {
+	ss.srv.mu.Lock()
+	delete(ss.srv.sessions, ss)
+	ss.srv.mu.Unlock()
+	return nil
+}
 
 // accessListener turns away clients outside the allowed networks before
 // they see a greeting, so the relay cannot be used as an open relay.

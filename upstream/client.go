@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"net/textproto"
 	"os"
 	"strconv"
@@ -47,11 +46,12 @@ type Config struct {
 	Trace func(Event)
 }
 
-// Event is one stage passed during a delivery.
+// Event is one stage passed during a delivery, or a port given up on.
 type Event struct {
 	Stage  Stage
 	Port   int
 	Detail string
+	Err    *Error // set when the port failed and the other one is tried next
 }
 
 // Message is one delivery: envelope, size and a reader of the raw message.
@@ -181,8 +181,12 @@ func (c *Client) Probe(ctx context.Context) error {
 
 // connect opens a session on the first port that works.
 func (c *Client) connect(ctx context.Context, full bool) (*session, error) {
-	if err := c.lookup(ctx); err != nil {
+	addrs, err := c.Lookup(ctx)
+	if err != nil {
 		return nil, err
+	}
+	if addrs[0] != c.cfg.Host {
+		c.trace(StageDNS, 0, "%s is %s", c.cfg.Host, strings.Join(addrs, ", "))
 	}
 	ports := c.portOrder()
 	var first *Error
@@ -199,7 +203,10 @@ func (c *Client) connect(ctx context.Context, full bool) (*session, error) {
 		}
 		if first == nil {
 			first = err
-			c.trace(err.Stage, port, "port %d failed (%s); trying port %d", port, err.Text, ports[1])
+			if c.cfg.Trace != nil {
+				c.cfg.Trace(Event{Stage: err.Stage, Port: port, Err: err,
+					Detail: fmt.Sprintf("port %d failed (%s); trying port %d", port, err.Text, ports[1])})
+			}
 			continue
 		}
 		// Both ports failed: say so, keeping the first port's stage, which
@@ -221,26 +228,13 @@ func blocked(e *Error) bool {
 	return e.Stage == StageConnect || (silent && (e.Stage == StageGreeting || e.Stage == StageTLS))
 }
 
-func (c *Client) lookup(ctx context.Context) error {
-	if _, err := netip.ParseAddr(c.cfg.Host); err == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
-	defer cancel()
-	addrs, err := net.DefaultResolver.LookupHost(ctx, c.cfg.Host)
-	if err != nil {
-		return newError(StageDNS, 0, err)
-	}
-	c.trace(StageDNS, 0, "%s is %s", c.cfg.Host, strings.Join(addrs, ", "))
-	return nil
-}
-
 // session is one authenticated (or, for probes, greeted) upstream connection.
 type session struct {
 	c      *Client
 	port   int
 	raw    net.Conn
 	client *smtp.Client
+	tls    *tls.Conn
 	stop   func() bool
 	// healthy sessions end with QUIT; after a failure the server may be
 	// hung, so the connection is just closed.
@@ -290,7 +284,8 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 			s.client = nil
 			return nil, newError(stage, port, err)
 		}
-		c.trace(StageGreeting, port, "greeted and EHLO %s accepted", c.cfg.HeloName)
+		c.trace(StageGreeting, port, "server greeted")
+		c.trace(StageEHLO, port, "EHLO %s accepted", c.cfg.HeloName)
 	} else {
 		if tlsConn, rerr = c.startTLS(ctx, conn, port); rerr != nil {
 			return nil, rerr
@@ -300,7 +295,9 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 			s.client = nil
 			return nil, newError(StageEHLO, port, err)
 		}
+		c.trace(StageEHLO, port, "EHLO %s accepted", c.cfg.HeloName)
 	}
+	s.tls = tlsConn
 	if !full {
 		return s, nil
 	}

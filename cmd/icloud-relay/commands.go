@@ -13,6 +13,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/app"
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/demo"
+	"github.com/icloud-relay/icloud-relay/doctor"
 	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/service"
 )
@@ -35,6 +36,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "relay mail in the foreground until interrupted", runCmd},
+		{"doctor", "check every step from this machine to iCloud and say what to fix", doctorCmd},
 		{"demo", "show the relay working against a built-in stand-in for iCloud (no account, no network)", demoCmd},
 		{"version", "print the version", versionCmd},
 	}
@@ -136,6 +138,39 @@ func runCmd(args []string) int {
 	}
 	if err := service.Run(a); err != nil {
 		log.Error().Err(err).Msg("relay failed")
+		return exitFailure
+	}
+	return exitOK
+}
+
+func doctorCmd(args []string) int {
+	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
+	cfgPath := configFlag(fs)
+	sendTest := fs.String("send-test", "", "also send a short test message to this `address`")
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "Usage: icloud-relay doctor [--config FILE] [--send-test ADDR] [--json]\n\n"+
+			"Runs the troubleshooting checklist: config, DNS, ports 587 and 465, TLS and\n"+
+			"certificate, EHLO, login, each sender address, the local listener and the queue.\n"+
+			"Exit code 0 when mail can flow, 1 otherwise, 2 for a config error.")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	cfg, ok := loadConfig(*cfgPath)
+	if !ok {
+		return exitUsage
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep := doctor.Run(ctx, cfg, doctor.Options{SendTest: *sendTest})
+	if *asJSON {
+		rep.WriteJSON(os.Stdout)
+	} else {
+		rep.WriteText(os.Stdout)
+	}
+	if !rep.OK {
 		return exitFailure
 	}
 	return exitOK

@@ -259,3 +259,41 @@ func TestDemo(t *testing.T) {
 		t.Error("demo prints the password")
 	}
 }
+
+func TestDoctorCommand(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfg := writeConfig(t, s, t.TempDir(), s.Password())
+	run := func(args ...string) (int, string) {
+		cmd := exec.Command(binary, append([]string{"doctor", "--config", cfg}, args...)...)
+		out, _ := cmd.CombinedOutput()
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	if code, out := run(); code != 0 || !strings.Contains(out, "Mail can flow.") {
+		t.Fatalf("healthy: exit %d\n%s", code, out)
+	}
+	s.SetFaults(upstreamtest.Faults{AuthFail: true})
+	code, out := run("--json")
+	var rep struct {
+		OK    bool
+		Steps []struct{ Name, Status, Stage, Remedy string }
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("--json output is not JSON: %v\n%s", err, out)
+	}
+	failed := ""
+	for _, st := range rep.Steps {
+		if st.Status == "fail" {
+			failed = st.Name
+		}
+	}
+	if code != 1 || rep.OK || failed != "auth" {
+		t.Fatalf("auth fault: exit %d, ok %v, failed step %q\n%s", code, rep.OK, failed, out)
+	}
+	if strings.Contains(out, s.Password()) {
+		t.Fatal("doctor printed the password")
+	}
+}

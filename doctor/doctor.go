@@ -1,0 +1,372 @@
+// Package doctor runs the "Cannot Send Mail" troubleshooting checklist
+// automatically: config and credential shape, DNS, each port, TLS and the
+// certificate, EHLO, login, every sender address, optionally a real test
+// message, then the local side (listener, queue directory, queue state).
+//
+// Each step is ok, fail, warn or skip, and a failed step carries the same
+// stage and remedy as the relay's log line for the same fault, because both
+// come from upstream.Error. The password is never part of a report.
+package doctor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/icloud-relay/icloud-relay/app"
+	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/upstream"
+)
+
+// Status is a step's verdict.
+type Status string
+
+// Step verdicts. Only Fail stops mail from flowing.
+const (
+	OK   Status = "ok"
+	Fail Status = "fail"
+	Warn Status = "warn"
+	Skip Status = "skip"
+)
+
+// Step is one line of the checklist.
+type Step struct {
+	Name         string  `json:"name"`
+	Status       Status  `json:"status"`
+	Detail       string  `json:"detail"`
+	Remedy       string  `json:"remedy,omitempty"`
+	Stage        string  `json:"stage,omitempty"`
+	Port         int     `json:"port,omitempty"`
+	Code         int     `json:"smtp_code,omitempty"`
+	EnhancedCode string  `json:"enhanced_code,omitempty"`
+	Millis       float64 `json:"ms,omitempty"`
+}
+
+// Report is the whole checklist. OK means mail can flow.
+type Report struct {
+	OK    bool   `json:"ok"`
+	Steps []Step `json:"steps"`
+}
+
+// Options change what is checked.
+type Options struct {
+	SendTest string // when set, send a short test message to this address
+}
+
+type run struct {
+	ctx context.Context
+	cfg *config.Config
+	rep *Report
+}
+
+func (r *run) add(s Step) { r.rep.Steps = append(r.rep.Steps, s) }
+
+func (r *run) failure(name string, err error, took time.Duration) {
+	s := Step{Name: name, Status: Fail, Detail: err.Error(), Millis: ms(took)}
+	var ue *upstream.Error
+	if errors.As(err, &ue) {
+		s.Detail, s.Remedy, s.Stage, s.Port, s.Code, s.EnhancedCode = ue.Text, ue.Remedy, string(ue.Stage), ue.Port, ue.Code, ue.EnhancedCode
+		if ue.Temporary && ue.Stage != upstream.StageAuth {
+			s.Detail += " (temporary)"
+		}
+	}
+	r.add(s)
+}
+
+func ms(d time.Duration) float64 { return float64(d.Round(100*time.Microsecond)) / float64(time.Millisecond) }
+
+var appPassword = regexp.MustCompile(`^[a-z]{4}-[a-z]{4}-[a-z]{4}-[a-z]{4}$`)
+
+// Run checks everything it can and returns the report.
+func Run(ctx context.Context, cfg *config.Config, opts Options) *Report {
+	r := &run{ctx: ctx, cfg: cfg, rep: &Report{}}
+	r.configStep()
+	r.upstreamSteps(opts)
+	r.localSteps()
+	r.rep.OK = true
+	for _, s := range r.rep.Steps {
+		if s.Status == Fail {
+			r.rep.OK = false
+		}
+	}
+	return r.rep
+}
+
+func (r *run) configStep() {
+	u := r.cfg.Upstream
+	detail := fmt.Sprintf("account %s on %s (ports %d, %d); sender %s", u.Username, u.Host, u.StartTLSPort, u.TLSPort, strings.Join(r.cfg.Sender.Addresses(), ", "))
+	if !appPassword.MatchString(u.Password.Reveal()) {
+		r.add(Step{Name: "config", Status: Warn, Detail: detail + "; the password does not look like an app-specific password (xxxx-xxxx-xxxx-xxxx)",
+			Remedy: "iCloud needs an app-specific password: appleid.apple.com → Sign-In and Security → App-Specific Passwords. Your Apple Account password will be refused."})
+		return
+	}
+	r.add(Step{Name: "config", Status: OK, Detail: detail + "; password has the app-specific shape"})
+}
+
+func (r *run) upstreamSteps(opts Options) {
+	var events []upstream.Event
+	client, err := app.Upstream(r.cfg, func(e upstream.Event) { events = append(events, e) })
+	if err != nil {
+		r.failure("config", err, 0)
+		return
+	}
+	start := time.Now()
+	addrs, err := client.Lookup(r.ctx)
+	if err != nil {
+		r.failure("dns", err, time.Since(start))
+		r.skip("tcp", "greeting", "tls", "ehlo", "auth", "sender")
+		return
+	}
+	r.add(Step{Name: "dns", Status: OK, Detail: r.cfg.Upstream.Host + " is " + strings.Join(addrs, ", "), Millis: ms(time.Since(start))})
+
+	starttls, implicit := client.Ports()
+	open := 0
+	for _, port := range []int{starttls, implicit} {
+		took, err := client.DialPort(r.ctx, port)
+		if err != nil {
+			r.failure(fmt.Sprintf("tcp %d", port), err, took)
+			continue
+		}
+		open++
+		r.add(Step{Name: fmt.Sprintf("tcp %d", port), Status: OK, Detail: fmt.Sprintf("connected in %.1f ms", ms(took)), Port: port, Millis: ms(took)})
+	}
+	if open == 0 {
+		r.skip("greeting", "tls", "ehlo", "auth", "sender")
+		return
+	}
+	if open == 1 {
+		// Mail can flow on the other port: a warning, not a failure.
+		for i := range r.rep.Steps {
+			if s := &r.rep.Steps[i]; s.Status == Fail && strings.HasPrefix(s.Name, "tcp ") {
+				s.Status = Warn
+				s.Remedy += " Mail still flows through the other port."
+			}
+		}
+	}
+
+	start = time.Now()
+	sess, err := client.Open(r.ctx)
+	took := time.Since(start)
+	if err != nil {
+		var ue *upstream.Error
+		errors.As(err, &ue)
+		r.sessionSteps(events, ue, took)
+		return
+	}
+	defer sess.Close()
+	r.fallbackNotes(events, sess.Port())
+	r.sessionSteps(events, nil, took)
+	ok, size := sess.Extension("SIZE")
+	_, auth := sess.Extension("AUTH")
+	caps := "AUTH " + auth
+	if ok {
+		caps += ", SIZE " + size
+	}
+	r.setDetail("ehlo", caps)
+	r.setDetail("tls", fmt.Sprintf("port %d: %s", sess.Port(), upstream.CertSummary(sess.TLS())))
+
+	for _, from := range r.cfg.Sender.Addresses() {
+		start := time.Now()
+		if err := sess.CheckSender(from); err != nil {
+			r.failure("sender "+from, err, time.Since(start))
+			continue
+		}
+		r.add(Step{Name: "sender " + from, Status: OK, Detail: "accepted as sender (MAIL FROM, then RSET; nothing sent)", Port: sess.Port(), Millis: ms(time.Since(start))})
+	}
+	if opts.SendTest != "" {
+		r.sendTest(sess, opts.SendTest)
+	}
+}
+
+// sessionSteps turns the trace of an Open into the tls, ehlo and auth steps.
+func (r *run) sessionSteps(events []upstream.Event, failed *upstream.Error, took time.Duration) {
+	names := []struct {
+		name   string
+		stages []upstream.Stage
+	}{
+		{"greeting", []upstream.Stage{upstream.StageConnect, upstream.StageGreeting}},
+		{"tls", []upstream.Stage{upstream.StageStartTLS, upstream.StageTLS}},
+		{"ehlo", []upstream.Stage{upstream.StageEHLO}},
+		{"auth", []upstream.Stage{upstream.StageAuth}},
+	}
+	done := false
+	for _, n := range names {
+		switch {
+		case done:
+			r.add(Step{Name: n.name, Status: Skip, Detail: "not reached"})
+		case failed != nil && contains(n.stages, failed.Stage):
+			r.failure(n.name, failed, took)
+			done = true
+		default:
+			detail := ""
+			for _, e := range events {
+				if contains(n.stages, e.Stage) && e.Err == nil {
+					detail = e.Detail
+				}
+			}
+			r.add(Step{Name: n.name, Status: OK, Detail: detail})
+		}
+	}
+	if done || failed != nil {
+		r.skip("sender")
+	}
+}
+
+// fallbackNotes warns when the first port failed and the other one works.
+func (r *run) fallbackNotes(events []upstream.Event, working int) {
+	for _, e := range events {
+		if e.Err != nil {
+			r.add(Step{Name: "fallback", Status: Warn, Detail: e.Detail, Stage: string(e.Stage), Port: e.Port,
+				Code: e.Err.Code, EnhancedCode: e.Err.EnhancedCode,
+				Remedy: fmt.Sprintf("Mail flows through port %d, which the relay uses by itself. About port %d: %s", working, e.Port, e.Err.Remedy)})
+		}
+	}
+}
+
+func (r *run) sendTest(sess *upstream.Session, to string) {
+	from := r.cfg.Sender.Address
+	body := fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: icloud-relay doctor test\r\nDate: %s\r\nMessage-ID: <doctor-%d@%s>\r\n\r\nThis is a test message sent by icloud-relay doctor.\r\n",
+		from, to, time.Now().Format(time.RFC1123Z), time.Now().UnixNano(), domainOf(from))
+	start := time.Now()
+	res, err := sess.Send(&upstream.Message{From: from, To: []string{to}, Size: int64(len(body)), Body: strings.NewReader(body)})
+	if err == nil && len(res.Refused) > 0 {
+		err = res.Refused[to]
+	}
+	if err != nil {
+		r.failure("send-test "+to, err, time.Since(start))
+		return
+	}
+	r.add(Step{Name: "send-test " + to, Status: OK, Detail: "test message accepted by the server", Port: sess.Port(), Millis: ms(time.Since(start))})
+}
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return addr[i+1:]
+	}
+	return "localhost"
+}
+
+func (r *run) localSteps() {
+	l := r.cfg.Listen
+	start := time.Now()
+	if greeting, err := dialListener(l.Addr); err != nil {
+		r.add(Step{Name: "listener", Status: Warn, Detail: fmt.Sprintf("nothing answers on %s: the relay is not running (%v)", l.Addr, err),
+			Remedy: "Start the relay: icloud-relay run --config FILE, or install it as a service."})
+	} else {
+		r.add(Step{Name: "listener", Status: OK, Detail: fmt.Sprintf("%s answers: %s", l.Addr, greeting), Millis: ms(time.Since(start))})
+	}
+
+	dir := r.cfg.Queue.Dir
+	q, err := queue.Open(dir)
+	if err == nil {
+		var f *os.File
+		if f, err = os.CreateTemp(dir, ".doctor-*"); err == nil {
+			f.Close()
+			err = os.Remove(f.Name())
+		}
+	}
+	if err != nil {
+		r.add(Step{Name: "queue dir", Status: Fail, Detail: err.Error(), Stage: "queue",
+			Remedy: "The relay cannot store mail: make queue.dir writable for the user the relay runs as, and check free disk space."})
+		r.skip("queue")
+		return
+	}
+	r.add(Step{Name: "queue dir", Status: OK, Detail: dir + " is writable"})
+
+	active, _ := q.Active()
+	failed, _ := q.Failed()
+	detail := fmt.Sprintf("%d queued, %d failed", len(active), len(failed))
+	st := Step{Name: "queue", Status: OK, Detail: detail}
+	if len(active) > 0 {
+		oldest := active[0]
+		st.Detail += fmt.Sprintf("; oldest queued %s ago", time.Since(oldest.Received).Round(time.Second))
+		if last := oldest.LastError(); last != nil {
+			st.Detail += fmt.Sprintf(" (last error at %s: %s)", last.Stage, last.Text)
+		}
+		if time.Since(oldest.Received) > time.Hour {
+			st.Status, st.Remedy = Warn, "Messages have waited over an hour: the steps above (or the log) say why."
+		}
+	}
+	if len(failed) > 0 && st.Status == OK {
+		st.Status, st.Remedy = Warn, "Some messages could not be delivered; their reasons are in the log and in the queue's failed/ directory."
+	}
+	r.add(st)
+}
+
+func dialListener(addr string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	io.WriteString(conn, "QUIT\r\n")
+	if !strings.HasPrefix(line, "220") {
+		return "", fmt.Errorf("unexpected greeting %q", strings.TrimSpace(line))
+	}
+	return strings.TrimSpace(line), nil
+}
+
+func (r *run) skip(names ...string) {
+	for _, n := range names {
+		r.add(Step{Name: n, Status: Skip, Detail: "not reached"})
+	}
+}
+
+func (r *run) setDetail(name, detail string) {
+	for i := range r.rep.Steps {
+		if r.rep.Steps[i].Name == name {
+			r.rep.Steps[i].Detail = detail
+		}
+	}
+}
+
+func contains(stages []upstream.Stage, s upstream.Stage) bool {
+	for _, x := range stages {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+var marks = map[Status]string{OK: "✓", Fail: "✗", Warn: "!", Skip: "-"}
+
+// WriteText prints one line per step and, under a failure or warning, its remedy.
+func (rep *Report) WriteText(w io.Writer) {
+	for _, s := range rep.Steps {
+		line := fmt.Sprintf("%s %-22s %s", marks[s.Status], s.Name, s.Detail)
+		if s.Code != 0 {
+			line += fmt.Sprintf(" [%d %s]", s.Code, s.EnhancedCode)
+		}
+		fmt.Fprintln(w, strings.TrimRight(line, " "))
+		if s.Remedy != "" && (s.Status == Fail || s.Status == Warn) {
+			fmt.Fprintf(w, "  → %s\n", s.Remedy)
+		}
+	}
+	if rep.OK {
+		fmt.Fprintln(w, "\nMail can flow.")
+	} else {
+		fmt.Fprintln(w, "\nMail cannot flow: fix the ✗ steps above.")
+	}
+}
+
+// WriteJSON prints the report as one JSON document.
+func (rep *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
