@@ -131,7 +131,9 @@ func TestFaultsThroughDoctor(t *testing.T) {
 		remedy   string
 	}
 	tcp587 := func(s *upstreamtest.Server) string { return fmt.Sprintf("tcp %d", s.StartTLSPort) }
-	named := func(n string) func(*upstreamtest.Server) string { return func(*upstreamtest.Server) string { return n } }
+	named := func(n string) func(*upstreamtest.Server) string {
+		return func(*upstreamtest.Server) string { return n }
+	}
 	cases := []tc{
 		{name: "587 refused", fault: func(s *upstreamtest.Server) { s.SetPort(s.StartTLSPort, upstreamtest.PortRefused) },
 			ok: true, step: tcp587, status: doctor.Warn, remedy: "other port"},
@@ -147,7 +149,9 @@ func TestFaultsThroughDoctor(t *testing.T) {
 			step: named("auth"), status: doctor.Fail, remedy: "app-specific password"},
 		{name: "sender not allowed", extra: "[sender]\naliases = [\"stranger@example.com\"]\n",
 			step: named("sender stranger@example.com"), status: doctor.Fail, remedy: "aliases"},
-		{name: "4xx at MAIL", fault: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{Mail: e(451, smtp.EnhancedCode{4, 3, 0}, "later")}) },
+		{name: "4xx at MAIL", fault: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Mail: e(451, smtp.EnhancedCode{4, 3, 0}, "later")})
+		},
 			step: named("sender demo@icloud.com"), status: doctor.Fail, remedy: "retries by itself"},
 		{name: "recipient refused", sendTest: "nobody@example.com", fault: func(s *upstreamtest.Server) {
 			s.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"nobody@example.com": e(550, smtp.EnhancedCode{5, 1, 1}, "no such user")}})
