@@ -9,9 +9,7 @@ require (
 	github.com/mattn/go-isatty v0.0.24
 	github.com/pelletier/go-toml/v2 v2.4.3
 	github.com/rs/zerolog v1.35.1
+	golang.org/x/sys v0.34.0
 )
 
-require (
-	github.com/mattn/go-colorable v0.1.14 // indirect
-	golang.org/x/sys v0.34.0 // indirect
-)
+require github.com/mattn/go-colorable v0.1.14 // indirect

@@ -6,6 +6,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/internal/certs"
 	"github.com/icloud-relay/icloud-relay/relay"
+	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
@@ -27,6 +29,8 @@ type App struct {
 	up     *upstream.Client
 	sched  *relay.Scheduler
 	srv    *relay.Server
+	ctl    *control.Server
+	unlock func()
 	cancel context.CancelFunc
 }
 
@@ -47,10 +51,14 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 	}
 	a.up = up
 	d := cfg.Delivery
-	a.sched = relay.NewScheduler(q, a.up, relay.Policy{
+	pol := relay.Policy{
 		Workers: d.Workers, SyncWindow: d.SyncWindow.D(), RetryMin: d.RetryMin.D(), RetryMax: d.RetryMax.D(),
 		MaxAge: d.MaxAge.D(), ProbeInterval: d.ProbeInterval.D(), AuthPause: d.AuthPause.D(),
-	}, log)
+	}
+	if d.NotifyFailures {
+		pol.NoticeTo = cfg.Sender.Address
+	}
+	a.sched = relay.NewScheduler(q, a.up, pol, log)
 
 	l := cfg.Listen
 	lc := relay.ListenConfig{
@@ -111,6 +119,19 @@ func localCert(cfg *config.Config) (tls.Certificate, error) {
 
 // Start recovers the queue, starts delivery and opens the listener.
 func (a *App) Start() error {
+	unlock, err := a.q.Lock()
+	if errors.Is(err, queue.ErrLocked) {
+		return fmt.Errorf("another icloud-relay already uses the queue in %s (stop it first, or give this one its own queue.dir)", a.cfg.Queue.Dir)
+	}
+	if err != nil {
+		return err
+	}
+	started := false
+	defer func() {
+		if !started {
+			unlock()
+		}
+	}()
 	rep, err := a.q.Recover()
 	if err != nil {
 		return err
@@ -134,7 +155,13 @@ func (a *App) Start() error {
 		a.srv.Close()
 		return err
 	}
+	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched); err != nil {
+		cancel()
+		a.srv.Close()
+		return err
+	}
 	a.srv.Serve()
+	started, a.unlock = true, unlock
 	a.log.Info().Str("upstream", a.cfg.Upstream.Host).Int("starttls_port", a.cfg.Upstream.StartTLSPort).
 		Int("tls_port", a.cfg.Upstream.TLSPort).Str("username", a.cfg.Upstream.Username).
 		Str("queue_dir", a.cfg.Queue.Dir).Msg("relay started")
@@ -149,8 +176,10 @@ func (a *App) Addr() net.Addr { return a.srv.Addr() }
 func (a *App) Stop(ctx context.Context) error {
 	a.log.Info().Msg("stopping: no new connections; sessions in progress may finish")
 	err := a.srv.Shutdown(ctx)
+	a.ctl.Close()
 	a.cancel()
 	a.sched.Wait()
+	a.unlock()
 	a.log.Info().Int("queued", a.sched.Len()).Msg("relay stopped")
 	return err
 }

@@ -649,3 +649,30 @@ func TestGracefulStopFinishesMessagesInFlightAndDropsIdleClients(t *testing.T) {
 		t.Fatalf("%d queued after stop, want the in-flight message kept", len(act))
 	}
 }
+
+func TestFailureNoticeGoesToTheAccountFromTheAccount(t *testing.T) {
+	e := newEnv(t, "notify_failures = true\n")
+	e.standin.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"nobody@example.com": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}}})
+	if _, err := send(e.addr(), "demo@icloud.com", []string{"nobody@example.com"}, message("bounce-me", "x\r\n")); err == nil {
+		t.Fatal("want the 550 passed on")
+	}
+	got := e.standin.WaitMessages(1, 10*time.Second)
+	if len(got) != 1 || got[0].From != "demo@icloud.com" || strings.Join(got[0].To, ",") != "demo@icloud.com" {
+		t.Fatalf("notice: %+v", got)
+	}
+	data := string(got[0].Data)
+	if !strings.Contains(data, "Subject: Undelivered: bounce-me") || !strings.Contains(data, "<nobody@example.com>: rcpt failed: no such user") {
+		t.Fatalf("notice text:\n%s", data)
+	}
+	// A failing notice does not produce another notice.
+	e.standin.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{
+		"nobody@example.com": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"},
+		"demo@icloud.com":    {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "mailbox full"}}})
+	send(e.addr(), "demo@icloud.com", []string{"nobody@example.com"}, message("bounce-again", "x\r\n"))
+	q, _ := queue.Open(e.cfg.Queue.Dir)
+	waitFor(t, 10*time.Second, func() bool { f, _ := q.Failed(); return len(f) == 3 })
+	time.Sleep(300 * time.Millisecond)
+	if f, _ := q.Failed(); len(f) != 3 {
+		t.Fatalf("failed area has %d, want 3 (2 messages + the failed notice, and no notice of it)", len(f))
+	}
+}

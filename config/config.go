@@ -101,6 +101,9 @@ type Delivery struct {
 	MaxAge        Duration `toml:"max_age"`
 	ProbeInterval Duration `toml:"probe_interval"`
 	AuthPause     Duration `toml:"auth_pause"`
+	// NotifyFailures sends a short report to sender.address when a
+	// message ends in the failed area.
+	NotifyFailures bool `toml:"notify_failures"`
 }
 
 // Log configures logging.

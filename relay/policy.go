@@ -14,6 +14,7 @@ type Policy struct {
 	MaxAge        time.Duration // give up on a message this old
 	ProbeInterval time.Duration // how often an unreachable upstream is probed
 	AuthPause     time.Duration // how long a refused login pauses deliveries
+	NoticeTo      string        // when set, failures are reported to this (the account's) address
 }
 
 // Backoff is the delay before retry number attempt (1 for the first retry):

@@ -312,6 +312,7 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		if err := s.q.Fail(m, final); err != nil {
 			log.Error().Err(err).Str("stage", "queue").Msg("cannot move the message to the failed area")
 		}
+		s.reportFailure(m, log)
 		ev := log.Error()
 		withError(ev, firstFail).Int("attempt", m.Attempts).Int("delivered", delivered).Int("failed", failed)
 		ev.Msg("delivery failed permanently; message moved to the failed area")
@@ -443,10 +444,50 @@ func (s *Scheduler) moveToFailed(it *item, log zerolog.Logger, final queue.Outco
 	if err := s.q.Fail(m, final); err != nil {
 		log.Error().Err(err).Str("stage", "queue").Msg("cannot move the message to the failed area")
 	}
+	s.reportFailure(m, log)
 	log.Error().Str("stage", final.Stage).Int("port", final.Port).Int("smtp_code", final.Code).
 		Str("enhanced_code", final.EnhancedCode).Int("attempt", m.Attempts).Str("remedy", final.Remedy).
 		Str("error", final.Text).Msg("message moved to the failed area")
 	s.release(it, true, Outcome{})
+}
+
+// reportFailure queues a short report about a failed message for the account's own
+// address, sent from that address: iCloud refuses the null sender of
+// classic bounces. A notice about a notice is never sent.
+func (s *Scheduler) reportFailure(m *queue.Message, log zerolog.Logger) {
+	if s.pol.NoticeTo == "" || m.Notice {
+		return
+	}
+	headers, _ := s.q.Headers(m.ID)
+	subject := "(no subject)"
+	for _, line := range strings.Split(headers, "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "subject") {
+			subject = strings.TrimSpace(v)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "From: icloud-relay <%s>\r\nTo: <%s>\r\nSubject: Undelivered: %s\r\nDate: %s\r\nAuto-Submitted: auto-generated\r\n\r\n",
+		s.pol.NoticeTo, s.pol.NoticeTo, subject, time.Now().Format(time.RFC1123Z))
+	fmt.Fprintf(&b, "icloud-relay could not deliver message %s from <%s> (%q).\r\n\r\n", m.ID, m.From, subject)
+	for _, r := range m.Rcpts {
+		if r.Status == queue.Failed && r.Error != nil {
+			fmt.Fprintf(&b, "  <%s>: %s failed: %s\r\n", r.Addr, r.Error.Stage, r.Error.Text)
+		}
+	}
+	if f := m.Final; f != nil && f.Remedy != "" {
+		fmt.Fprintf(&b, "\r\nWhat to do: %s\r\n", f.Remedy)
+	}
+	fmt.Fprintf(&b, "\r\nThe message is kept in the failed area: icloud-relay queue show %s\r\n", m.ID)
+	n := &queue.Message{From: s.pol.NoticeTo, Notice: true, Rcpts: []queue.Recipient{{Addr: s.pol.NoticeTo, Status: queue.Pending}}}
+	if err := s.q.Enqueue(n, strings.NewReader(b.String())); err != nil {
+		log.Error().Err(err).Str("stage", "queue").Msg("cannot queue the failure notice")
+		return
+	}
+	log.Info().Str("notice_id", n.ID).Str("to", s.pol.NoticeTo).Msg("failure notice queued")
+	s.mu.Lock()
+	s.items[n.ID] = &item{msg: n}
+	s.changedLocked()
+	s.mu.Unlock()
 }
 
 // withError adds the contract's failure fields to a log event.

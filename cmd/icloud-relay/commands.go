@@ -15,6 +15,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/demo"
 	"github.com/icloud-relay/icloud-relay/doctor"
 	"github.com/icloud-relay/icloud-relay/logging"
+	"github.com/icloud-relay/icloud-relay/sendmail"
 	"github.com/icloud-relay/icloud-relay/service"
 )
 
@@ -37,6 +38,8 @@ func commands() []command {
 	return []command{
 		{"run", "relay mail in the foreground until interrupted", runCmd},
 		{"doctor", "check every step from this machine to iCloud and say what to fix", doctorCmd},
+		{"queue", "list, show, retry, delete or requeue queued and failed messages", queueCmd},
+		{"sendmail", "sendmail-compatible submission from scripts (also when run under the name sendmail)", sendmailCmd},
 		{"demo", "show the relay working against a built-in stand-in for iCloud (no account, no network)", demoCmd},
 		{"version", "print the version", versionCmd},
 	}
@@ -199,5 +202,53 @@ func versionCmd(args []string) int {
 		return code
 	}
 	fmt.Println("icloud-relay", version)
+	return exitOK
+}
+
+const sendmailUsage = `Usage: sendmail [-t] [-i|-oi] [-f FROM] [-F NAME] [--config FILE] [RCPT...]
+
+Reads a message on standard input and submits it to the running relay; when
+the relay is not running, queues it for the relay to send when it starts.
+  -t        take recipients from the To, Cc and Bcc headers (Bcc is removed)
+  -i, -oi   a line with a single "." does not end the message
+  -f FROM   envelope sender (default: sender.address from the config)
+  -F NAME   display name for the From header added when there is none
+The config is --config FILE, else $ICLOUD_RELAY_CONFIG, else the default path.
+Exit codes: 0 ok, 64 usage, 65 bad message, 69 refused, 75 try again later.`
+
+func sendmailCmd(args []string) int {
+	opts, err := sendmail.ParseArgs(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sendmail: %v\n\n%s\n", err, sendmailUsage)
+		return sendmail.ExitUsage
+	}
+	if opts.Help {
+		fmt.Println(sendmailUsage)
+		return exitOK
+	}
+	if opts.Config == "" {
+		opts.Config = os.Getenv("ICLOUD_RELAY_CONFIG")
+	}
+	cfg, ok := loadConfig(opts.Config)
+	if !ok {
+		return sendmail.ExitTempFail // the message must not be lost: the caller keeps it
+	}
+	msg, err := sendmail.Prepare(opts, os.Stdin, cfg.Sender.Address)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sendmail: %v\n", err)
+		return sendmail.ExitDataErr
+	}
+	res, err := sendmail.Submit(cfg, msg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sendmail: %v\n", err)
+		var se *sendmail.Error
+		if errors.As(err, &se) {
+			return se.Exit
+		}
+		return sendmail.ExitTempFail
+	}
+	if res.QueuedOffline != "" {
+		fmt.Fprintf(os.Stderr, "sendmail: the relay is not running; the message is queued as %s and will be sent when it starts\n", res.QueuedOffline)
+	}
 	return exitOK
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,13 +96,27 @@ func (p *proc) waitLog(t *testing.T, msg string) map[string]any {
 }
 
 func writeConfig(t *testing.T, s *upstreamtest.Server, dir, password string) string {
+	return writeConfigAt(t, s, dir, password, "127.0.0.1:0")
+}
+
+// freeAddr returns a loopback address with a port free right now.
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func writeConfigAt(t *testing.T, s *upstreamtest.Server, dir, password, listen string) string {
 	t.Helper()
 	ca, err := s.WriteCA(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf(`[listen]
-addr = "127.0.0.1:0"
+addr = %q
 [upstream]
 host = %q
 starttls_port = %d
@@ -120,7 +135,7 @@ sync_window = "2s"
 [log]
 format = "json"
 level = "debug"
-`, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), password, ca, filepath.Join(dir, "queue"))
+`, listen, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), password, ca, filepath.Join(dir, "queue"))
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -84,6 +84,7 @@ type Message struct {
 	NextAttempt time.Time   `json:"next_attempt"`
 	History     []Outcome   `json:"history,omitempty"`
 	Final       *Outcome    `json:"final,omitempty"` // why it is in failed/
+	Notice      bool        `json:"notice,omitempty"` // a failure notice made by the relay
 }
 
 // Pending returns the recipients still to be delivered.

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
+)
+
+// sendmailEnv runs a relay and offers the binary under the name sendmail.
+func sendmailEnv(t *testing.T) (s *upstreamtest.Server, sendmail string, env []string) {
+	t.Helper()
+	s, err := upstreamtest.Start(upstreamtest.Options{Aliases: []string{"alias@icloud.com"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	dir := t.TempDir()
+	cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t))
+	p := startProc(t, "run", "--config", cfg)
+	p.waitLog(t, "listening for local mail clients")
+	sendmail = filepath.Join(dir, "sendmail")
+	if err := os.Symlink(binary, sendmail); err != nil {
+		t.Fatal(err)
+	}
+	return s, sendmail, append(os.Environ(), "ICLOUD_RELAY_CONFIG="+cfg)
+}
+
+func TestSendmailWithHeadersDotsAndSender(t *testing.T) {
+	s, sendmail, env := sendmailEnv(t)
+	run := func(stdin string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(sendmail, args...)
+		cmd.Env, cmd.Stdin = env, strings.NewReader(stdin)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("sendmail %v: %v\n%s", args, err, out)
+		}
+	}
+	run("From: Me <demo@icloud.com>\nTo: a@example.com\nCc: b@example.com\nBcc: secret@example.com\nSubject: with -t\n\nline\n.\n..two\nend\n", "-t", "-i")
+	run("Subject: plain\n\nbody\n.\nignored after the dot\n", "-f", "alias@icloud.com", "-F", "Nightly Job", "c@example.com")
+	got := s.WaitMessages(2, 20*time.Second)
+	if len(got) != 2 {
+		t.Fatalf("stand-in got %d messages", len(got))
+	}
+	first, second := got[0], got[1]
+	if strings.Join(first.To, ",") != "a@example.com,b@example.com,secret@example.com" || first.From != "demo@icloud.com" {
+		t.Fatalf("-t envelope: %s -> %v", first.From, first.To)
+	}
+	if want := "From: Me <demo@icloud.com>\r\nTo: a@example.com\r\nCc: b@example.com\r\nSubject: with -t\r\n\r\nline\r\n.\r\n..two\r\nend\r\n"; string(first.Data) != want {
+		t.Fatalf("-t data:\n%q\nwant\n%q", first.Data, want)
+	}
+	if second.From != "alias@icloud.com" || strings.Join(second.To, ",") != "c@example.com" {
+		t.Fatalf("-f envelope: %s -> %v", second.From, second.To)
+	}
+	if want := "Subject: plain\r\nFrom: \"Nightly Job\" <alias@icloud.com>\r\n\r\nbody\r\n"; string(second.Data) != want {
+		t.Fatalf("-f/-F data:\n%q\nwant\n%q", second.Data, want)
+	}
+}
+
+func TestMailxThroughSendmail(t *testing.T) {
+	mailx, err := exec.LookPath("mail")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("mail (bsd-mailx) is required in CI")
+		}
+		t.Skip("mail (bsd-mailx) not installed")
+	}
+	s, sendmail, env := sendmailEnv(t)
+	rc := filepath.Join(t.TempDir(), "mailrc")
+	os.WriteFile(rc, []byte("set sendmail="+sendmail+"\n"), 0o600)
+	cmd := exec.Command(mailx, "-s", "from mailx", "friend@example.com")
+	cmd.Env = append(env, "MAILRC="+rc, "HOME="+t.TempDir())
+	cmd.Stdin = strings.NewReader("Hello from mail(1).\n.dot line\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mail: %v\n%s", err, out)
+	}
+	got := s.WaitMessages(1, 20*time.Second)
+	if len(got) != 1 {
+		t.Fatal("nothing arrived from mailx")
+	}
+	data := string(got[0].Data)
+	if !strings.Contains(data, "Subject: from mailx\r\n") || !strings.Contains(data, "\r\n\r\nHello from mail(1).\r\n.dot line\r\n") ||
+		strings.Join(got[0].To, ",") != "friend@example.com" || got[0].From != "demo@icloud.com" {
+		t.Fatalf("mailx message: %s -> %v\n%q", got[0].From, got[0].To, data)
+	}
+}

@@ -1,0 +1,74 @@
+package relay
+
+import (
+	"errors"
+	"time"
+
+	"github.com/icloud-relay/icloud-relay/relay/queue"
+)
+
+// ErrBusy means the message is being delivered at this moment.
+var ErrBusy = errors.New("the message is being delivered right now; try again in a moment")
+
+// Retry makes a queued message due now. A retry asked for by the user also
+// lifts a pause or an "unreachable" state: the attempt will tell.
+func (s *Scheduler) Retry(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	it, ok := s.items[id]
+	if !ok {
+		return &queue.Error{Op: "retry", ID: id, Err: queue.ErrNotFound}
+	}
+	if !it.busy {
+		it.msg.NextAttempt = time.Now()
+	}
+	s.resumeLocked()
+	return nil
+}
+
+// RetryAll makes every queued message due now and returns how many there are.
+func (s *Scheduler) RetryAll() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	for _, it := range s.items {
+		if !it.busy {
+			it.msg.NextAttempt = now
+		}
+	}
+	s.resumeLocked()
+	return len(s.items)
+}
+
+func (s *Scheduler) resumeLocked() {
+	s.down, s.pausedUntil = nil, time.Time{}
+	s.changedLocked()
+}
+
+// Delete removes a message from the queue (or the failed area) for good.
+func (s *Scheduler) Delete(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	it, ok := s.items[id]
+	if !ok {
+		return s.q.RemoveFailed(id)
+	}
+	if it.busy {
+		return &queue.Error{Op: "delete", ID: id, Err: ErrBusy}
+	}
+	if err := s.q.Remove(id); err != nil {
+		return err
+	}
+	delete(s.items, id)
+	return nil
+}
+
+// Requeue moves a failed message back into the queue, due now.
+func (s *Scheduler) Requeue(id string) error {
+	m, err := s.q.Requeue(id)
+	if err != nil {
+		return err
+	}
+	s.Submit(m, false)
+	return nil
+}
