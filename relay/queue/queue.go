@@ -83,7 +83,7 @@ type Message struct {
 	Attempts    int         `json:"attempts"`
 	NextAttempt time.Time   `json:"next_attempt"`
 	History     []Outcome   `json:"history,omitempty"`
-	Final       *Outcome    `json:"final,omitempty"` // why it is in failed/
+	Final       *Outcome    `json:"final,omitempty"`  // why it is in failed/
 	Notice      bool        `json:"notice,omitempty"` // a failure notice made by the relay
 }
 
