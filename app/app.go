@@ -65,11 +65,16 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 		Addrs: listenAddrs(l.Addr), Allow: l.AllowNets, Users: map[string]string{},
 		Hostname: l.Hostname, MaxMessageSize: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
 		Timeout: l.Timeout.D(), SyncWindow: d.SyncWindow.D(), UpstreamLimit: a.up.MaxSize,
+		Sender:         relay.SenderPolicy{Address: cfg.Sender.Address, Aliases: cfg.Sender.Aliases, Mode: cfg.Sender.Rewrite},
+		ReceivedHeader: l.ReceivedHeader,
+	}
+	if l.TLSAddr != "" {
+		lc.TLSAddrs = []string{l.TLSAddr}
 	}
 	for _, usr := range l.Users {
 		lc.Users[usr.Username] = usr.Password.Reveal()
 	}
-	if l.StartTLS {
+	if l.StartTLS || l.TLSAddr != "" {
 		cert, err := localCert(cfg)
 		if err != nil {
 			return nil, err

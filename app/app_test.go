@@ -83,7 +83,17 @@ const testPassword = "wxyz-secr-etpw-0042"
 // further sections.
 func newEnv(t *testing.T, extra string) *env {
 	t.Helper()
-	s, err := upstreamtest.Start(upstreamtest.Options{Password: testPassword, Aliases: []string{"alias@icloud.com"}})
+	return newEnvWith(t, upstreamtest.Options{}, extra)
+}
+
+// newEnvWith is newEnv with stand-in options (the password is always testPassword).
+func newEnvWith(t *testing.T, opts upstreamtest.Options, extra string) *env {
+	t.Helper()
+	opts.Password = testPassword
+	if opts.Aliases == nil {
+		opts.Aliases = []string{"alias@icloud.com"}
+	}
+	s, err := upstreamtest.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +178,7 @@ func (e *env) addr() string { return e.app.Addr().String() }
 
 func message(subject, body string) string {
 	return "From: Demo <demo@icloud.com>\r\nTo: <friend@example.com>\r\nSubject: " + subject +
-		"\r\nMessage-ID: <" + subject + "@test>\r\n\r\n" + body
+		"\r\nDate: Sun, 22 Nov 2026 01:00:00 +0000\r\nMessage-ID: <" + subject + "@test>\r\n\r\n" + body
 }
 
 // send submits with go-smtp's client and returns the final reply.
@@ -245,7 +255,7 @@ func TestMessagesArriveByteForByte(t *testing.T) {
 			t.Errorf("%s delivered twice", id)
 		}
 		seen[id] = true
-		if string(m.Data) != sent[id] {
+		if upstreamtest.StripTrace(m.Data) != sent[id] {
 			t.Errorf("%s changed in transit:\n got %q\nwant %q", id, m.Data, sent[id])
 		}
 		if m.From != "demo@icloud.com" || strings.Join(m.To, ",") != "friend@example.com,other@example.com" {
@@ -292,7 +302,7 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), local_hostname="py.test") as s:
 			}
 			n++
 			got := e.standin.WaitMessages(n, 20*time.Second)
-			if len(got) != n || string(got[n-1].Data) != data {
+			if len(got) != n || upstreamtest.StripTrace(got[n-1].Data) != data {
 				t.Fatalf("stand-in got %d messages; last %q", len(got), got[len(got)-1].Data)
 			}
 		})
@@ -300,7 +310,8 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), local_hostname="py.test") as s:
 }
 
 func TestPermanentRefusalReachesTheClient(t *testing.T) {
-	e := newEnv(t, "")
+	// An alias the config lists but the account does not have: iCloud refuses it.
+	e := newEnv(t, "[sender]\naliases = [\"stranger@example.com\"]\n")
 	_, err := send(e.addr(), "stranger@example.com", []string{"friend@example.com"}, message("refused", "x\r\n"))
 	se, ok := err.(*smtp.SMTPError)
 	if !ok || se.Code != 553 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 0}) || !strings.Contains(se.Message, "not one of your addresses") {
@@ -567,8 +578,8 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 }
 
 func TestClientAnnouncingMoreThanUpstreamAcceptsIsRefusedAtMail(t *testing.T) {
-	e := newEnv(t, "")
-	// One delivery teaches the relay the upstream's SIZE (20 MiB here).
+	e := newEnvWith(t, upstreamtest.Options{MaxSize: 1 << 20}, "")
+	// One delivery teaches the relay the upstream's SIZE (1 MiB here).
 	if _, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("learn", "x\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -578,8 +589,8 @@ func TestClientAnnouncingMoreThanUpstreamAcceptsIsRefusedAtMail(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	err = c.Mail("demo@icloud.com", &smtp.MailOptions{Size: 20<<20 + 1})
-	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 552 || !strings.Contains(se.Message, "iCloud accepts up to 20971520 bytes") {
+	err = c.Mail("demo@icloud.com", &smtp.MailOptions{Size: 1 << 20})
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 552 || !strings.Contains(se.Message, "iCloud accepts up to 1040384 bytes") {
 		t.Fatalf("MAIL SIZE over the upstream's limit: %v, want 552", err)
 	}
 }

@@ -40,6 +40,7 @@ type Config struct {
 // Listen configures the local SMTP listener.
 type Listen struct {
 	Addr           string   `toml:"addr"`
+	TLSAddr        string   `toml:"tls_addr"`
 	Allow          []string `toml:"allow"`
 	Users          []User   `toml:"users"`
 	StartTLS       bool     `toml:"starttls"`
@@ -49,6 +50,7 @@ type Listen struct {
 	MaxMessageSize Size     `toml:"max_message_size"`
 	MaxRecipients  int      `toml:"max_recipients"`
 	Timeout        Duration `toml:"timeout"`
+	ReceivedHeader bool     `toml:"received_header"`
 
 	// AllowNets is Allow parsed; filled by Load.
 	AllowNets []netip.Prefix `toml:"-"`
@@ -80,6 +82,7 @@ type Upstream struct {
 type Sender struct {
 	Address string   `toml:"address"` // default: upstream.username
 	Aliases []string `toml:"aliases"`
+	Rewrite string   `toml:"rewrite"` // off, envelope or header
 }
 
 // Addresses returns the sender address followed by the aliases.
@@ -123,7 +126,9 @@ func Default() Config {
 			MaxMessageSize: 20 << 20,
 			MaxRecipients:  500,
 			Timeout:        Duration(5 * time.Minute),
+			ReceivedHeader: true,
 		},
+		Sender: Sender{Rewrite: "header"},
 		Upstream: Upstream{
 			Host:            "smtp.mail.me.com",
 			StartTLSPort:    587,
@@ -296,12 +301,6 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	}
 
 	// listen
-	host, port, splitErr := net.SplitHostPort(c.Listen.Addr)
-	if splitErr != nil {
-		bad("listen.addr", "%q is not host:port (example: \"127.0.0.1:2525\")", c.Listen.Addr)
-	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		bad("listen.addr", "port %q is not a number from 0 to 65535", port)
-	}
 	allow := c.Listen.Allow
 	if len(allow) == 0 {
 		allow = []string{"127.0.0.0/8", "::1/128"}
@@ -315,10 +314,23 @@ func (c *Config) validate(file string, lines map[string]int) error {
 		}
 		c.Listen.AllowNets = append(c.Listen.AllowNets, pfx)
 	}
-	if splitErr == nil && !isLoopbackHost(host) {
-		if len(c.Listen.Allow) == 0 || len(c.Listen.Users) == 0 {
-			bad("listen.addr", "%q is not a loopback address: listening beyond this machine needs both listen.allow (the networks that may connect) and [[listen.users]] (local SMTP logins), so the relay never becomes an open relay for your iCloud account", c.Listen.Addr)
+	checkExposure := func(key, addr string) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			bad(key, "%q is not host:port (example: \"127.0.0.1:2525\")", addr)
+			return
 		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			bad(key, "port %q is not a number from 0 to 65535", port)
+			return
+		}
+		if !isLoopbackHost(host) && (len(c.Listen.Allow) == 0 || len(c.Listen.Users) == 0) {
+			bad(key, "%q is not a loopback address: listening beyond this machine needs both listen.allow (the networks that may connect) and [[listen.users]] (local SMTP logins), so the relay never becomes an open relay for your iCloud account", addr)
+		}
+	}
+	checkExposure("listen.addr", c.Listen.Addr)
+	if c.Listen.TLSAddr != "" {
+		checkExposure("listen.tls_addr", c.Listen.TLSAddr)
 	}
 	for i, u := range c.Listen.Users {
 		if u.Username == "" || u.Password == "" {
@@ -375,6 +387,11 @@ func (c *Config) validate(file string, lines map[string]int) error {
 		if !strings.Contains(a, "@") {
 			bad("sender.aliases", "%q is not an email address", a)
 		}
+	}
+	switch c.Sender.Rewrite {
+	case "off", "envelope", "header":
+	default:
+		bad("sender.rewrite", "%q is not one of \"off\", \"envelope\", \"header\"", c.Sender.Rewrite)
 	}
 
 	// queue

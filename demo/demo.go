@@ -102,7 +102,8 @@ format = "console"
 	step(4, "A local client sends a message to %s: plain SMTP, no TLS, no password", relay.Addr())
 	from, to := standin.Username(), "friend@example.com"
 	msg := "From: Demo <" + from + ">\r\nTo: <" + to + ">\r\nSubject: Hello through icloud-relay\r\n" +
-		"Date: " + time.Now().Format(time.RFC1123Z) + "\r\n\r\nIt works: queued on disk, then sent over verified TLS with a login.\r\n"
+		"Date: " + time.Now().Format(time.RFC1123Z) + "\r\nMessage-ID: <demo." + fmt.Sprint(time.Now().UnixNano()) + "@icloud.com>\r\n" +
+		"\r\nIt works: queued on disk, then sent over verified TLS with a login.\r\n"
 	reply, err := send(ctx, relay.Addr().String(), from, to, msg)
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
@@ -115,10 +116,15 @@ format = "console"
 		return fmt.Errorf("the stand-in received nothing within 30s; see the log above for the failing stage")
 	}
 	m := got[0]
-	fmt.Fprintf(out, "   on port %d, MAIL FROM:<%s> RCPT TO:%v, %d bytes, identical to what the client sent: %v\n",
-		m.Port, m.From, m.To, len(m.Data), string(m.Data) == msg)
+	fmt.Fprintf(out, "   on port %d, MAIL FROM:<%s> RCPT TO:%v, %d bytes;\n   identical to what the client sent, apart from one added Received trace header: %v\n",
+		m.Port, m.From, m.To, len(m.Data), upstreamtest.StripTrace(m.Data) == msg)
+	fmt.Fprintf(out, "\n%s", indent(string(m.Data)))
 	fmt.Fprintln(out, "\nDone. To relay real mail, write a config like config.example.toml and run: icloud-relay run --config FILE")
 	return nil
+}
+
+func indent(s string) string {
+	return "   │ " + strings.ReplaceAll(strings.TrimRight(s, "\r\n"), "\r\n", "\n   │ ") + "\n"
 }
 
 // send submits one message the way a simple local client does.

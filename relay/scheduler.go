@@ -225,7 +225,7 @@ func (s *Scheduler) deliver(ctx context.Context, it *item) {
 		s.failLocal(it, log, fmt.Sprintf("message data unreadable: %v", err))
 		return
 	}
-	res, err := s.up.Send(ctx, &upstream.Message{From: m.From, To: m.Pending(), Size: m.Size, Body: body, UTF8: m.UTF8})
+	res, err := s.up.Send(ctx, &upstream.Message{From: m.From, To: m.Pending(), Size: m.Size, Body: body, UTF8: m.UTF8, EightBit: m.EightBit})
 	body.Close()
 	if ctx.Err() != nil {
 		log.Info().Int("attempt", m.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")

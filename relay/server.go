@@ -39,6 +39,9 @@ type ListenConfig struct {
 	MaxRecipients  int
 	Timeout        time.Duration
 	SyncWindow     time.Duration
+	Sender         SenderPolicy
+	ReceivedHeader bool     // add a Received trace header
+	TLSAddrs       []string // implicit-TLS listeners, for clients that only speak that
 	// UpstreamLimit, if set, returns the upstream's advertised size limit
 	// (0 while unknown), so a client announcing a larger SIZE is refused
 	// at once instead of after the upload.
@@ -61,12 +64,18 @@ type Server struct {
 
 // NewServer returns a listener that queues into q and hands to sched.
 func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.Logger) *Server {
+	// Keep room for the headers the relay adds, so that what it accepts is
+	// never too large upstream (tiny test limits are taken as they are).
+	if cfg.MaxMessageSize > 4*headerReserve {
+		cfg.MaxMessageSize -= headerReserve
+	}
 	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = cfg.TLS
 	// go-smtp refuses a message of exactly MaxMessageBytes bytes.
 	srv.MaxMessageBytes = cfg.MaxMessageSize + 1
+	srv.EnableSMTPUTF8 = true
 	srv.MaxRecipients = cfg.MaxRecipients
 	srv.ReadTimeout = cfg.Timeout
 	srv.WriteTimeout = cfg.Timeout
@@ -81,7 +90,14 @@ func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.L
 // Listen binds every address. Extra addresses that cannot be bound because
 // the system lacks the address family (no IPv6) are skipped.
 func (s *Server) Listen() error {
-	for i, addr := range s.cfg.Addrs {
+	if err := s.listen(s.cfg.Addrs, false); err != nil {
+		return err
+	}
+	return s.listen(s.cfg.TLSAddrs, true)
+}
+
+func (s *Server) listen(addrs []string, implicitTLS bool) error {
+	for i, addr := range addrs {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			if i > 0 {
@@ -91,7 +107,11 @@ func (s *Server) Listen() error {
 			s.Close()
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
-		s.lns = append(s.lns, &accessListener{Listener: ln, allow: s.cfg.Allow, log: s.log})
+		var l net.Listener = &accessListener{Listener: ln, allow: s.cfg.Allow, log: s.log}
+		if implicitTLS {
+			l = tls.NewListener(l, s.cfg.TLS)
+		}
+		s.lns = append(s.lns, l)
 	}
 	return nil
 }
@@ -165,7 +185,7 @@ func (s *Server) Close() {
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	ss := &session{srv: s, conn: c, remote: c.Conn().RemoteAddr().String()}
+	ss := &session{srv: s, conn: c, helo: c.Hostname(), remote: c.Conn().RemoteAddr().String()}
 	s.mu.Lock()
 	s.sessions[ss] = struct{}{}
 	s.mu.Unlock()
@@ -178,7 +198,10 @@ type session struct {
 	busy   atomic.Bool // inside a mail transaction: a stop waits for it
 	remote string
 	authed bool
-	from   string
+	helo   string
+	// origFrom is the client's MAIL FROM; from is what goes upstream.
+	origFrom string
+	from     string
 	utf8   bool
 	rcpts  []string
 }
@@ -221,12 +244,20 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required: log in with a user from this relay's [[listen.users]]"}
 	}
 	if opts != nil && ss.srv.cfg.UpstreamLimit != nil {
-		if limit := ss.srv.cfg.UpstreamLimit(); limit > 0 && opts.Size > limit {
+		if limit := ss.srv.cfg.UpstreamLimit() - headerReserve; limit > 0 && opts.Size > limit {
 			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 				Message: fmt.Sprintf("Message too large: iCloud accepts up to %d bytes", limit)}
 		}
 	}
-	ss.from = from
+	upFrom, refusal := ss.srv.cfg.Sender.envelopeSender(from)
+	if refusal != nil {
+		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("from", from).Int("smtp_code", refusal.Code).
+			Str("remedy", "Send from the iCloud address or an alias, list the address in sender.aliases, or set sender.rewrite.").
+			Msg("sender refused: not an address iCloud accepts, and sender.rewrite is off")
+		return refusal
+	}
+	ss.origFrom = from
+	ss.from = upFrom
 	ss.utf8 = opts != nil && opts.UTF8
 	ss.busy.Store(true)
 	return nil
@@ -239,11 +270,18 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 
 func (ss *session) Data(r io.Reader) error {
 	s := ss.srv
-	m := &queue.Message{From: ss.from, UTF8: ss.utf8}
+	m := &queue.Message{ID: queue.NewID(time.Now()), From: ss.from, UTF8: ss.utf8}
 	for _, to := range ss.rcpts {
 		m.Rcpts = append(m.Rcpts, queue.Recipient{Addr: to, Status: queue.Pending})
 	}
-	if err := s.q.Enqueue(m, r); err != nil {
+	host, _, _ := net.SplitHostPort(ss.remote)
+	eight := &eightBitReader{r: r}
+	fixed, ed, err := fixMessage(eight, intake{id: m.ID, helo: ss.helo, client: host, by: s.cfg.Hostname,
+		received: s.cfg.ReceivedHeader, policy: s.cfg.Sender, now: time.Now()})
+	if err == nil {
+		err = s.q.Enqueue(m, fixed)
+	}
+	if err != nil {
 		if errors.Is(err, smtp.ErrDataTooLarge) {
 			s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.cfg.MaxMessageSize).Msg("message refused: too large")
 			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
@@ -256,8 +294,18 @@ func (ss *session) Data(r io.Reader) error {
 		// the client drop the mail.
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Cannot store the message in the local queue right now; try again later"}
 	}
+	m.EightBit = eight.seen
 	log := s.log.With().Str("queue_id", m.ID).Logger()
 	log.Info().Str("client", ss.remote).Str("from", m.From).Int("rcpts", len(m.Rcpts)).Int64("size", m.Size).Msg("message accepted")
+	if ss.origFrom != m.From {
+		log.Info().Str("from", ss.origFrom).Str("rewritten_to", m.From).Msg("envelope sender rewritten (sender.rewrite)")
+	}
+	if ed.fromRewritten != "" {
+		log.Info().Str("from", ed.fromRewritten).Str("rewritten_to", s.cfg.Sender.Address).Msg("From header rewritten (sender.rewrite = header); the original is in Reply-To unless one was set")
+	}
+	if ed.signedKept {
+		log.Warn().Str("stage", "accept").Str("remedy", "The message is DKIM-signed, so its From was left alone; iCloud may refuse it. Send from your iCloud address.").Msg("From header not rewritten: signed message")
+	}
 
 	ch := s.sched.Submit(m, s.cfg.SyncWindow > 0)
 	queued := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}
@@ -280,7 +328,7 @@ func (ss *session) Data(r io.Reader) error {
 }
 
 func (ss *session) Reset() {
-	ss.from, ss.utf8, ss.rcpts = "", false, nil
+	ss.origFrom, ss.from, ss.utf8, ss.rcpts = "", "", false, nil
 	ss.busy.Store(false)
 }
 
@@ -289,6 +337,26 @@ func (ss *session) Logout() error {
 	delete(ss.srv.sessions, ss)
 	ss.srv.mu.Unlock()
 	return nil
+}
+
+// eightBitReader notes whether a message has bytes above 127, which need
+// 8BITMIME upstream.
+type eightBitReader struct {
+	r    io.Reader
+	seen bool
+}
+
+func (e *eightBitReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if !e.seen {
+		for _, b := range p[:n] {
+			if b >= 0x80 {
+				e.seen = true
+				break
+			}
+		}
+	}
+	return n, err
 }
 
 // accessListener turns away clients outside the allowed networks before

@@ -60,7 +60,8 @@ type Message struct {
 	To   []string
 	Size int64
 	Body io.Reader
-	UTF8 bool // the envelope or headers need SMTPUTF8
+	UTF8     bool // the envelope or headers need SMTPUTF8
+	EightBit bool // the content has 8-bit bytes: needs 8BITMIME
 }
 
 // Result tells, for a delivery that reached the RCPT stage, which
@@ -409,6 +410,17 @@ func (s *session) send(m *Message) (*Result, error) {
 	res := &Result{Port: s.port, Refused: map[string]*Error{}}
 	if len(m.To) == 0 {
 		return res, newError(StageRcpt, s.port, errors.New("the message has no recipients"))
+	}
+	for _, need := range []struct {
+		ext  string
+		need bool
+		what string
+	}{{"SMTPUTF8", m.UTF8, "non-ASCII addresses (SMTPUTF8)"}, {"8BITMIME", m.EightBit, "8-bit content (8BITMIME)"}} {
+		if ok, _ := s.client.Extension(need.ext); need.need && !ok {
+			return res, &Error{Stage: StageMail, Port: s.port, Temporary: false,
+				Text:   "the message needs " + need.what + ", which the server does not offer",
+				Remedy: "Send the message with a client that encodes it for 7-bit transport (quoted-printable or base64) and ASCII addresses."}
+		}
 	}
 	opts := &smtp.MailOptions{Size: m.Size, UTF8: m.UTF8}
 	if err := s.client.Mail(m.From, opts); err != nil {

@@ -77,7 +77,8 @@ type Message struct {
 	ID          string      `json:"id"`
 	From        string      `json:"from"`
 	Rcpts       []Recipient `json:"rcpts"`
-	UTF8        bool        `json:"utf8,omitempty"`
+	UTF8        bool        `json:"utf8,omitempty"`      // needs SMTPUTF8
+	EightBit    bool        `json:"eight_bit,omitempty"` // needs 8BITMIME
 	Size        int64       `json:"size"`
 	Received    time.Time   `json:"received"`
 	Attempts    int         `json:"attempts"`
@@ -158,7 +159,8 @@ var idPattern = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z-]{0,63}$`)
 // ValidID reports whether id could name a queued message (no path tricks).
 func ValidID(id string) bool { return idPattern.MatchString(id) }
 
-func newID(now time.Time) string {
+// NewID returns a fresh message ID.
+func NewID(now time.Time) string {
 	var b [6]byte
 	rand.Read(b[:])
 	return now.UTC().Format("20060102T150405") + "-" + hex.EncodeToString(b[:])
@@ -168,7 +170,10 @@ func newID(now time.Time) string {
 // m.Received. Only a nil return means the message is safe.
 func (q *Queue) Enqueue(m *Message, body io.Reader) error {
 	now := time.Now()
-	m.Version, m.ID, m.Received = Version, newID(now), now
+	m.Version, m.Received = Version, now
+	if m.ID == "" {
+		m.ID = NewID(now)
+	}
 	if m.NextAttempt.IsZero() {
 		m.NextAttempt = now
 	}

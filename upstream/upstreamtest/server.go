@@ -471,3 +471,37 @@ type nopLogger struct{}
 
 func (nopLogger) Printf(string, ...interface{}) {}
 func (nopLogger) Println(...interface{})        {}
+
+// StripTrace returns data without the one Received header icloud-relay puts
+// first (a documented addition), so the rest can be compared byte for byte.
+func StripTrace(data []byte) string {
+	s := string(data)
+	if !strings.HasPrefix(s, "Received: from ") {
+		return s
+	}
+	end := strings.Index(s, "\r\n")
+	for end >= 0 && end+2 < len(s) && (s[end+2] == ' ' || s[end+2] == '\t') {
+		next := strings.Index(s[end+2:], "\r\n")
+		if next < 0 {
+			break
+		}
+		end += 2 + next
+	}
+	if end < 0 || !strings.Contains(s[:end], "(icloud-relay)") {
+		return s
+	}
+	return s[end+2:]
+}
+
+// Subject returns the message's Subject header value.
+func (m Message) Subject() string {
+	for _, line := range strings.Split(string(m.Data), "\r\n") {
+		if line == "" {
+			break
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "subject") {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}

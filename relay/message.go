@@ -1,0 +1,273 @@
+package relay
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Sender rewriting modes (sender.rewrite).
+const (
+	RewriteOff      = "off"
+	RewriteEnvelope = "envelope"
+	RewriteHeader   = "header"
+)
+
+// SenderPolicy says which senders iCloud will take and what to do with
+// others: iCloud refuses any sender that is not the account's address or
+// one of its aliases.
+type SenderPolicy struct {
+	Address string
+	Aliases []string
+	Mode    string
+}
+
+func (p SenderPolicy) allowed(addr string) bool {
+	if strings.EqualFold(addr, p.Address) {
+		return true
+	}
+	for _, a := range p.Aliases {
+		if strings.EqualFold(addr, a) {
+			return true
+		}
+	}
+	return false
+}
+
+// envelopeSender returns the MAIL FROM to use upstream for from, or the
+// refusal to give the client when the policy does not rewrite.
+func (p SenderPolicy) envelopeSender(from string) (string, *smtp.SMTPError) {
+	if p.allowed(from) {
+		return from, nil
+	}
+	if p.Mode == RewriteOff {
+		what := "<" + from + ">"
+		if from == "" {
+			what = "The empty sender <>"
+		}
+		return "", &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: fmt.Sprintf("%s is not your iCloud address or one of its aliases, and iCloud would refuse it: send from %s, list the address in sender.aliases, or set sender.rewrite = \"envelope\" or \"header\"", what, p.Address)}
+	}
+	return p.Address, nil
+}
+
+// headerReserve is the room kept below the upstream's size limit for the
+// headers the relay may add (Received, Date, Message-ID, a rewritten From
+// and Reply-To), so a message it accepts is never too large upstream.
+const headerReserve = 8 << 10
+
+// maxHeaderBlock bounds the header block read into memory; a longer one is
+// passed through untouched.
+const maxHeaderBlock = 256 << 10
+
+// intake describes one incoming message for header fix-ups.
+type intake struct {
+	id       string // queue ID, for the Received header
+	helo     string
+	client   string
+	by       string // this relay's host name
+	received bool   // add a Received trace header
+	policy   SenderPolicy
+	now      time.Time
+}
+
+// edits reports what the fix-ups changed, for the log.
+type edits struct {
+	fromRewritten  string // the original From header, when rewritten
+	addedDate      bool
+	addedMessageID bool
+	signedKept     bool // a DKIM-signed message whose From was left alone
+}
+
+// fixMessage returns the message with bare LF line endings turned into CRLF
+// and the header fixes applied: a Received trace header; Date and
+// Message-ID when missing; and, in header mode, a From that iCloud will
+// accept (display name kept; the original address into Reply-To when there
+// is none). Only the header block is held in memory; the body streams.
+func fixMessage(r io.Reader, in intake) (io.Reader, *edits, error) {
+	// go-smtp already undid the dot-stuffing of the first line.
+	br := bufio.NewReaderSize(&crlfReader{r: bufio.NewReader(r)}, 64<<10)
+	var fields []string
+	var raw bytes.Buffer
+	complete := false
+read:
+	for raw.Len() <= maxHeaderBlock {
+		line, err := br.ReadString('\n')
+		if err != nil && err != io.EOF {
+			return nil, nil, err
+		}
+		raw.WriteString(line)
+		trimmed := strings.TrimRight(line, "\r\n")
+		switch {
+		case line == "":
+			// End of input inside the header block.
+		case trimmed == "":
+			complete = true // the blank line that ends the header block
+		case (trimmed[0] == ' ' || trimmed[0] == '\t') && len(fields) > 0:
+			fields[len(fields)-1] += line
+			continue read
+		case isFieldLine(trimmed):
+			fields = append(fields, line)
+			continue read
+		}
+		break
+	}
+	ed := &edits{}
+	var out bytes.Buffer
+	if in.received {
+		fmt.Fprintf(&out, "Received: from %s (%s)\r\n\tby %s (icloud-relay) with ESMTP id %s;\r\n\t%s\r\n",
+			sanitize(in.helo), sanitize(in.client), sanitize(in.by), in.id, in.now.Format(time.RFC1123Z))
+	}
+	if !complete {
+		// No recognisable header block: add nothing else, change nothing.
+		out.Write(raw.Bytes())
+		return io.MultiReader(&out, br), ed, nil
+	}
+	has := func(name string) bool {
+		for _, f := range fields {
+			if headerName(f) == name {
+				return true
+			}
+		}
+		return false
+	}
+	signed := has("dkim-signature")
+	for _, f := range fields {
+		if headerName(f) == "from" && in.policy.Mode == RewriteHeader {
+			if nf, orig, ok := rewriteFrom(f, in.policy); ok {
+				if signed {
+					ed.signedKept = true
+				} else {
+					out.WriteString(nf)
+					if !has("reply-to") {
+						out.WriteString("Reply-To:" + orig)
+					}
+					ed.fromRewritten = strings.TrimSpace(orig)
+					continue
+				}
+			}
+		}
+		out.WriteString(f)
+	}
+	if !has("date") {
+		fmt.Fprintf(&out, "Date: %s\r\n", in.now.Format(time.RFC1123Z))
+		ed.addedDate = true
+	}
+	if !has("message-id") {
+		fmt.Fprintf(&out, "Message-ID: <%s.%s@%s>\r\n", in.now.UTC().Format("20060102150405"), randomHex(6), domainOf(in.policy.Address))
+		ed.addedMessageID = true
+	}
+	out.WriteString("\r\n")
+	return io.MultiReader(&out, br), ed, nil
+}
+
+// isFieldLine reports a "Name: value" header line.
+func isFieldLine(line string) bool {
+	i := strings.IndexByte(line, ':')
+	if i <= 0 {
+		return false
+	}
+	for _, c := range line[:i] {
+		if c <= ' ' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func headerName(field string) string {
+	name, _, _ := strings.Cut(field, ":")
+	return strings.ToLower(strings.TrimSpace(name))
+}
+
+// rewriteFrom returns a From field with the policy's address and the
+// original display name, and the original field value, when the From
+// address is not one iCloud accepts.
+func rewriteFrom(field string, p SenderPolicy) (newField, origValue string, ok bool) {
+	_, value, _ := strings.Cut(field, ":")
+	addrs, err := mail.ParseAddressList(strings.TrimSpace(value))
+	if err == nil && len(addrs) == 1 && p.allowed(addrs[0].Address) {
+		return "", "", false
+	}
+	name := ""
+	if err == nil && len(addrs) > 0 {
+		name = addrs[0].Name
+	}
+	return "From: " + (&mail.Address{Name: name, Address: p.Address}).String() + "\r\n", value, true
+}
+
+// sanitize keeps trace header values on one line.
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == '(' || r == ')' || r == ';' {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 && i < len(addr)-1 {
+		return addr[i+1:]
+	}
+	return "icloud-relay.invalid"
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// crlfReader turns bare LF line endings into CRLF, and removes the
+// dot-stuffing a client applied after a bare LF (go-smtp only undoes it
+// after CRLF), so such clients' lines starting with "." survive intact.
+type crlfReader struct {
+	r      *bufio.Reader
+	prevCR bool
+	bol    bool // at the beginning of a line that followed a bare LF
+	out    []byte
+}
+
+func (c *crlfReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if len(c.out) > 0 {
+			k := copy(p[n:], c.out)
+			c.out = c.out[k:]
+			n += k
+			continue
+		}
+		b, err := c.r.ReadByte()
+		if err != nil {
+			if n > 0 {
+				return n, nil
+			}
+			return 0, err
+		}
+		if c.bol && b == '.' {
+			// ".." at the start of a bare-LF line is a stuffed ".".
+			if nb, err := c.r.Peek(1); err == nil && nb[0] == '.' {
+				c.r.ReadByte()
+			}
+		}
+		c.bol = false
+		switch {
+		case b == '\n' && !c.prevCR:
+			c.out = append(c.out[:0], '\r', '\n')
+			c.bol = true
+		default:
+			c.out = append(c.out[:0], b)
+		}
+		c.prevCR = b == '\r'
+	}
+	return n, nil
+}
