@@ -202,8 +202,8 @@ type session struct {
 	// origFrom is the client's MAIL FROM; from is what goes upstream.
 	origFrom string
 	from     string
-	utf8   bool
-	rcpts  []string
+	utf8     bool
+	rcpts    []string
 }
 
 func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }

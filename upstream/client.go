@@ -56,10 +56,10 @@ type Event struct {
 
 // Message is one delivery: envelope, size and a reader of the raw message.
 type Message struct {
-	From string
-	To   []string
-	Size int64
-	Body io.Reader
+	From     string
+	To       []string
+	Size     int64
+	Body     io.Reader
 	UTF8     bool // the envelope or headers need SMTPUTF8
 	EightBit bool // the content has 8-bit bytes: needs 8BITMIME
 }
