@@ -193,7 +193,8 @@ func headerName(field string) string {
 // address is not one iCloud accepts.
 func rewriteFrom(field string, p SenderPolicy) (newField, origValue string, ok bool) {
 	_, value, _ := strings.Cut(field, ":")
-	addrs, err := mail.ParseAddressList(strings.TrimSpace(value))
+	unfolded := strings.NewReplacer("\r\n", "", "\n", "").Replace(value)
+	addrs, err := mail.ParseAddressList(strings.TrimSpace(unfolded))
 	if err == nil && len(addrs) == 1 && p.allowed(addrs[0].Address) {
 		return "", "", false
 	}

@@ -36,6 +36,8 @@ type Options struct {
 	Password string   // default "abcd-efgh-ijkl-mnop"
 	Aliases  []string // other addresses the account may send from
 	MaxSize  int64    // advertised SIZE; default 20 MiB
+	// NoSMTPUTF8 makes the stand-in lack SMTPUTF8, as some servers do.
+	NoSMTPUTF8 bool
 }
 
 // Faults are injected misbehaviour. The zero value is a healthy server.
@@ -126,6 +128,7 @@ func Start(opts Options) (*Server, error) {
 	s.smtp.Domain = "standin.icloud.test"
 	s.smtp.TLSConfig = tlsCfg
 	s.smtp.MaxMessageBytes = opts.MaxSize
+	s.smtp.EnableSMTPUTF8 = !opts.NoSMTPUTF8
 	s.smtp.ReadTimeout = time.Minute
 	s.smtp.WriteTimeout = time.Minute
 	s.smtp.ErrorLog = nopLogger{}
