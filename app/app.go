@@ -97,6 +97,7 @@ func Upstream(cfg *config.Config, trace func(upstream.Event)) (*upstream.Client,
 		Username: u.Username, Password: u.Password.Reveal(), RootCAs: roots,
 		HeloName: u.HeloName, ConnectTimeout: u.ConnectTimeout.D(), Timeout: u.Timeout.D(),
 		ReprobeInterval: u.ReprobeInterval.D(), Trace: trace,
+		MaxIdle: cfg.Delivery.Workers, IdleTimeout: u.IdleTimeout.D(), MaxMessagesPerConnection: u.MaxMessagesPerConnection,
 	}), nil
 }
 
@@ -184,6 +185,7 @@ func (a *App) Stop(ctx context.Context) error {
 	a.ctl.Close()
 	a.cancel()
 	a.sched.Wait()
+	a.up.CloseIdle()
 	a.unlock()
 	a.log.Info().Int("queued", a.sched.Len()).Msg("relay stopped")
 	return err

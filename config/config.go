@@ -76,6 +76,9 @@ type Upstream struct {
 	ConnectTimeout  Duration `toml:"connect_timeout"`
 	Timeout         Duration `toml:"timeout"`
 	ReprobeInterval Duration `toml:"reprobe_interval"`
+	// Connection reuse.
+	IdleTimeout              Duration `toml:"idle_timeout"`
+	MaxMessagesPerConnection int      `toml:"max_messages_per_connection"`
 }
 
 // Sender names the addresses the iCloud account may send from.
@@ -137,6 +140,8 @@ func Default() Config {
 			ConnectTimeout:  Duration(15 * time.Second),
 			Timeout:         Duration(60 * time.Second),
 			ReprobeInterval: Duration(time.Hour),
+			IdleTimeout:              Duration(30 * time.Second),
+			MaxMessagesPerConnection: 100,
 		},
 		Queue: Queue{Dir: filepath.Join(DefaultDataDir(), "queue")},
 		Delivery: Delivery{
@@ -376,6 +381,12 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	positive(bad, "upstream.connect_timeout", c.Upstream.ConnectTimeout)
 	positive(bad, "upstream.timeout", c.Upstream.Timeout)
 	positive(bad, "upstream.reprobe_interval", c.Upstream.ReprobeInterval)
+	if c.Upstream.IdleTimeout < 0 {
+		bad("upstream.idle_timeout", "must not be negative (0 turns connection reuse off)")
+	}
+	if c.Upstream.MaxMessagesPerConnection < 1 {
+		bad("upstream.max_messages_per_connection", "must be at least 1, got %d", c.Upstream.MaxMessagesPerConnection)
+	}
 
 	// sender
 	if c.Sender.Address == "" {

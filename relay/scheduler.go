@@ -46,6 +46,7 @@ type Scheduler struct {
 	items       map[string]*item
 	notify      chan struct{} // closed and replaced on every change
 	down        *upstream.Error
+	wentDown    chan struct{} // signalled when the upstream becomes unreachable
 	pausedUntil time.Time
 	wg          sync.WaitGroup
 }
@@ -58,7 +59,7 @@ type item struct {
 
 // NewScheduler returns a scheduler for q; call Start to run it.
 func NewScheduler(q *queue.Queue, up Sender, pol Policy, log zerolog.Logger) *Scheduler {
-	return &Scheduler{q: q, up: up, pol: pol, log: log, items: map[string]*item{}, notify: make(chan struct{})}
+	return &Scheduler{q: q, up: up, pol: pol, log: log, items: map[string]*item{}, notify: make(chan struct{}), wentDown: make(chan struct{}, 1)}
 }
 
 // Start loads the queue and runs the workers until ctx ends. Messages found
@@ -209,11 +210,13 @@ func (s *Scheduler) deliver(ctx context.Context, it *item) {
 		return
 	}
 
-	// Save the attempt before any network I/O: a crash mid-delivery must
-	// not make the message look untried.
+	// Save a retry before any network I/O: a crash mid-delivery must not
+	// make the message look less tried. A first attempt needs no record
+	// (saving two fsyncs per message): after a crash every queued message
+	// is tried again at start anyway.
 	m.Attempts++
 	m.NextAttempt = now.Add(Backoff(m.Attempts, s.pol.RetryMin, s.pol.RetryMax, rand.Float64()))
-	if err := s.q.Update(m); err != nil {
+	if err := s.saveRetry(m); err != nil {
 		log.Error().Err(err).Str("stage", "queue").Int("attempt", m.Attempts).
 			Str("remedy", "The queue directory cannot be written: check free disk space and permissions of queue.dir.").
 			Msg("cannot record delivery attempt; will retry")
@@ -238,6 +241,13 @@ func (s *Scheduler) deliver(ctx context.Context, it *item) {
 			Remedy: "An unexpected error; the relay retries by itself."}
 	}
 	s.file(it, log, res, ue, now)
+}
+
+func (s *Scheduler) saveRetry(m *queue.Message) error {
+	if m.Attempts == 1 {
+		return nil
+	}
+	return s.q.Update(m)
 }
 
 // file applies one attempt's result to the message and its recipients.
@@ -367,6 +377,10 @@ func (s *Scheduler) upstreamState(e *upstream.Error) time.Time {
 		s.pausedUntil = now.Add(s.pol.RetryMin)
 	case e.Unreachable() && s.down == nil:
 		s.down = e
+		select {
+		case s.wentDown <- struct{}{}:
+		default:
+		}
 		ev := s.log.Warn()
 		withError(ev, e).Dur("probe_every", s.pol.ProbeInterval)
 		ev.Msg("upstream unreachable: queued messages wait and are sent as soon as a probe sees it again")
@@ -376,21 +390,38 @@ func (s *Scheduler) upstreamState(e *upstream.Error) time.Time {
 
 // prober watches an unreachable upstream and, when it answers again, makes
 // every queued message due at once.
+//
+// It sleeps until the upstream goes down: an idle relay has no timers.
 func (s *Scheduler) prober(ctx context.Context) {
 	defer s.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wentDown:
+		}
+		if !s.probeUntilUp(ctx) {
+			return
+		}
+	}
+}
+
+// probeUntilUp probes every ProbeInterval until the upstream answers; false
+// when ctx ended first.
+func (s *Scheduler) probeUntilUp(ctx context.Context) bool {
 	t := time.NewTicker(s.pol.ProbeInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-t.C:
 		}
 		s.mu.Lock()
 		down := s.down != nil
 		s.mu.Unlock()
 		if !down {
-			continue
+			return true // a retry asked for by the user lifted the state
 		}
 		pctx, cancel := context.WithTimeout(ctx, 2*s.pol.ProbeInterval+30*time.Second)
 		err := s.up.Probe(pctx)
@@ -411,6 +442,7 @@ func (s *Scheduler) prober(ctx context.Context) {
 		s.changedLocked()
 		s.mu.Unlock()
 		s.log.Info().Int("queued", n).Msg("upstream reachable again: delivering queued messages now")
+		return true
 	}
 }
 

@@ -44,6 +44,12 @@ type Config struct {
 	ReprobeInterval time.Duration
 	// Trace, if set, is told of every stage passed; the demo and doctor show it.
 	Trace func(Event)
+	// Connection reuse: up to MaxIdle logged-in sessions wait up to
+	// IdleTimeout for the next message, each carrying at most
+	// MaxMessagesPerConnection messages. IdleTimeout 0 turns reuse off.
+	MaxIdle                  int
+	IdleTimeout              time.Duration
+	MaxMessagesPerConnection int
 }
 
 // Event is one stage passed during a delivery, or a port given up on.
@@ -76,6 +82,7 @@ type Result struct {
 type Client struct {
 	cfg    Config
 	tlsCfg *tls.Config
+	pool   pool
 
 	mu         sync.Mutex
 	preferred  int
@@ -157,14 +164,31 @@ func (c *Client) trace(stage Stage, port int, format string, args ...any) {
 
 // Send delivers m. A nil error means every recipient not in Result.Refused
 // has the message. A non-nil error is an *Error.
+//
+// An idle logged-in session is reused when there is one (after an RSET that
+// also proves it alive); otherwise a new connection is opened.
 func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
-	s, err := c.connect(ctx, true)
-	if err != nil {
-		return nil, err
+	s := c.take(ctx)
+	for s != nil {
+		if err := s.client.Reset(); err == nil {
+			break
+		}
+		s.close() // closed by the server while idle: try another
+		s = c.take(ctx)
 	}
-	defer s.close()
+	if s == nil {
+		var err error
+		if s, err = c.connect(ctx, true); err != nil {
+			return nil, err
+		}
+	}
 	res, err := s.send(m)
-	s.healthy = err == nil
+	s.sent++
+	if reusable(err) {
+		c.put(s)
+	} else {
+		s.close()
+	}
 	return res, err
 }
 
@@ -239,7 +263,9 @@ type session struct {
 	stop   func() bool
 	// healthy sessions end with QUIT; after a failure the server may be
 	// hung, so the connection is just closed.
-	healthy bool
+	healthy   bool
+	sent      int         // messages sent on this connection
+	idleTimer *time.Timer // closes the session when it idles too long in the pool
 }
 
 func (s *session) close() {
@@ -314,6 +340,9 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 	if st := tlsConn.ConnectionState(); !st.HandshakeComplete || len(st.VerifiedChains) == 0 {
 		return nil, newError(StageTLS, port, errors.New("TLS connection is not verified; refusing to log in"))
 	}
+	c.pool.mu.Lock()
+	c.pool.logins++
+	c.pool.mu.Unlock()
 	if err := c.auth(s.client); err != nil {
 		return nil, newError(StageAuth, port, err)
 	}

@@ -277,3 +277,68 @@ func TestDNSFailureIsStageDNS(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestConnectionReuse(t *testing.T) {
+	s := standin(t)
+	c := client(t, s, func(cfg *upstream.Config) {
+		cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 2, time.Minute, 4
+	})
+	defer c.CloseIdle()
+	for i := 0; i < 10; i++ {
+		if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.Logins(); n != 3 || c.Logins() != 3 {
+		t.Fatalf("10 messages at 4 per connection: %d logins at the server, %d counted; want 3", n, c.Logins())
+	}
+	// A refusal leaves the connection usable; a 421 does not.
+	c2 := client(t, s, func(cfg *upstream.Config) { cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, time.Minute, 100 })
+	defer c2.CloseIdle()
+	c2.Send(context.Background(), msg(s.Username())) // login 4
+	s.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"friend@example.com": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no"}}})
+	c2.Send(context.Background(), msg(s.Username()))
+	s.SetFaults(upstreamtest.Faults{})
+	if _, err := c2.Send(context.Background(), msg(s.Username())); err != nil || s.Logins() != 4 {
+		t.Fatalf("after a refusal: %v, %d logins (want the same connection)", err, s.Logins())
+	}
+	s.SetFaults(upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "closing"}})
+	c2.Send(context.Background(), msg(s.Username()))
+	s.SetFaults(upstreamtest.Faults{})
+	if _, err := c2.Send(context.Background(), msg(s.Username())); err != nil || s.Logins() != 5 {
+		t.Fatalf("after a 421: %v, %d logins (want a fresh connection)", err, s.Logins())
+	}
+}
+
+func TestReuseSurvivesAServerSideClose(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{IdleTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := client(t, s, func(cfg *upstream.Config) { cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, time.Minute, 100 })
+	defer c.CloseIdle()
+	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the server hangs up on the idle connection
+	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+		t.Fatalf("a connection closed by the server while idle must be replaced silently: %v", err)
+	}
+	if s.Logins() != 2 || len(s.Messages()) != 2 {
+		t.Fatalf("%d logins, %d messages", s.Logins(), len(s.Messages()))
+	}
+}
+
+func TestIdleConnectionsAreClosed(t *testing.T) {
+	s := standin(t)
+	c := client(t, s, func(cfg *upstream.Config) { cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, 50 * time.Millisecond, 100 })
+	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil || s.Logins() != 2 {
+		t.Fatalf("after the idle timeout a new login is expected: %v, %d", err, s.Logins())
+	}
+	c.CloseIdle()
+}

@@ -38,6 +38,8 @@ type Options struct {
 	MaxSize  int64    // advertised SIZE; default 20 MiB
 	// NoSMTPUTF8 makes the stand-in lack SMTPUTF8, as some servers do.
 	NoSMTPUTF8 bool
+	// IdleTimeout closes connections idle this long (default 1 minute).
+	IdleTimeout time.Duration
 }
 
 // Faults are injected misbehaviour. The zero value is a healthy server.
@@ -130,6 +132,9 @@ func Start(opts Options) (*Server, error) {
 	s.smtp.MaxMessageBytes = opts.MaxSize
 	s.smtp.EnableSMTPUTF8 = !opts.NoSMTPUTF8
 	s.smtp.ReadTimeout = time.Minute
+	if opts.IdleTimeout > 0 {
+		s.smtp.ReadTimeout = opts.IdleTimeout
+	}
 	s.smtp.WriteTimeout = time.Minute
 	s.smtp.ErrorLog = nopLogger{}
 

@@ -1,0 +1,103 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// pool keeps logged-in sessions for reuse, so that a burst of messages costs
+// one TLS handshake and one login per connection, not per message: faster,
+// and no "454 Too many login attempts" from iCloud.
+type pool struct {
+	mu   sync.Mutex
+	idle []*session
+	// logins counts fresh logins, for tests and the benchmark.
+	logins int
+}
+
+// Logins returns how many times the client has logged in.
+func (c *Client) Logins() int {
+	c.pool.mu.Lock()
+	defer c.pool.mu.Unlock()
+	return c.pool.logins
+}
+
+// take returns an idle session, rebound to ctx, or nil.
+func (c *Client) take(ctx context.Context) *session {
+	c.pool.mu.Lock()
+	defer c.pool.mu.Unlock()
+	for len(c.pool.idle) > 0 {
+		s := c.pool.idle[len(c.pool.idle)-1]
+		c.pool.idle = c.pool.idle[:len(c.pool.idle)-1]
+		if !s.idleTimer.Stop() {
+			continue // its idle time ran out: it is being closed
+		}
+		s.stop()
+		raw := s.raw
+		s.stop = context.AfterFunc(ctx, func() { raw.Close() })
+		return s
+	}
+	return nil
+}
+
+// put keeps s for reuse, or closes it when the pool is full, reuse is off,
+// or s has carried its share of messages.
+func (c *Client) put(s *session) {
+	if c.cfg.IdleTimeout <= 0 || (c.cfg.MaxMessagesPerConnection > 0 && s.sent >= c.cfg.MaxMessagesPerConnection) {
+		s.healthy = true
+		s.close()
+		return
+	}
+	c.pool.mu.Lock()
+	defer c.pool.mu.Unlock()
+	if len(c.pool.idle) >= max(c.cfg.MaxIdle, 1) {
+		go func() { s.healthy = true; s.close() }()
+		return
+	}
+	s.idleTimer = time.AfterFunc(c.cfg.IdleTimeout, func() {
+		c.pool.mu.Lock()
+		for i, x := range c.pool.idle {
+			if x == s {
+				c.pool.idle = append(c.pool.idle[:i], c.pool.idle[i+1:]...)
+				break
+			}
+		}
+		c.pool.mu.Unlock()
+		s.healthy = true
+		s.close()
+	})
+	c.pool.idle = append(c.pool.idle, s)
+}
+
+// CloseIdle ends every idle session politely.
+func (c *Client) CloseIdle() {
+	c.pool.mu.Lock()
+	idle := c.pool.idle
+	c.pool.idle = nil
+	c.pool.mu.Unlock()
+	for _, s := range idle {
+		if s.idleTimer.Stop() {
+			s.healthy = true
+			s.close()
+		}
+	}
+}
+
+// reusable reports whether a session that returned err may carry another
+// message: a refusal leaves the connection fine (the next use starts with
+// RSET), but a 421, a timeout or a broken connection do not.
+func reusable(err error) bool {
+	if err == nil {
+		return true
+	}
+	var e *Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	var se *smtp.SMTPError
+	return errors.As(e.Err, &se) && se.Code != 421
+}
