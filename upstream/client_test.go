@@ -293,7 +293,9 @@ func TestConnectionReuse(t *testing.T) {
 		t.Fatalf("10 messages at 4 per connection: %d logins at the server, %d counted; want 3", n, c.Logins())
 	}
 	// A refusal leaves the connection usable; a 421 does not.
-	c2 := client(t, s, func(cfg *upstream.Config) { cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, time.Minute, 100 })
+	c2 := client(t, s, func(cfg *upstream.Config) {
+		cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, time.Minute, 100
+	})
 	defer c2.CloseIdle()
 	c2.Send(context.Background(), msg(s.Username())) // login 4
 	s.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"friend@example.com": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no"}}})
@@ -316,7 +318,9 @@ func TestReuseSurvivesAServerSideClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	c := client(t, s, func(cfg *upstream.Config) { cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, time.Minute, 100 })
+	c := client(t, s, func(cfg *upstream.Config) {
+		cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, time.Minute, 100
+	})
 	defer c.CloseIdle()
 	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
 		t.Fatal(err)
@@ -332,7 +336,9 @@ func TestReuseSurvivesAServerSideClose(t *testing.T) {
 
 func TestIdleConnectionsAreClosed(t *testing.T) {
 	s := standin(t)
-	c := client(t, s, func(cfg *upstream.Config) { cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, 50 * time.Millisecond, 100 })
+	c := client(t, s, func(cfg *upstream.Config) {
+		cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 1, 50*time.Millisecond, 100
+	})
 	if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
 		t.Fatal(err)
 	}
