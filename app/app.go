@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"runtime/debug"
 
 	"github.com/rs/zerolog"
 
@@ -168,6 +169,9 @@ func (a *App) Start() error {
 	}
 	a.srv.Serve()
 	started, a.unlock = true, unlock
+	// Start-up (certificates, config, recovery) leaves garbage behind; an
+	// always-on service should not keep it resident.
+	debug.FreeOSMemory()
 	a.log.Info().Str("upstream", a.cfg.Upstream.Host).Int("starttls_port", a.cfg.Upstream.StartTLSPort).
 		Int("tls_port", a.cfg.Upstream.TLSPort).Str("username", a.cfg.Upstream.Username).
 		Str("queue_dir", a.cfg.Queue.Dir).Msg("relay started")

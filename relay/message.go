@@ -230,45 +230,66 @@ func randomHex(n int) string {
 
 // crlfReader turns bare LF line endings into CRLF, and removes the
 // dot-stuffing a client applied after a bare LF (go-smtp only undoes it
-// after CRLF), so such clients' lines starting with "." survive intact.
+// after CRLF), so such clients' lines starting with "." survive intact. It
+// works a chunk at a time: this is on every message's path.
 type crlfReader struct {
 	r      *bufio.Reader
-	prevCR bool
-	bol    bool // at the beginning of a line that followed a bare LF
+	prevCR bool // the last byte seen was '\r'
+	bol    bool // at the start of a line that followed a bare LF
+	raw    [32 << 10]byte
+	buf    []byte
 	out    []byte
 }
 
 func (c *crlfReader) Read(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		if len(c.out) > 0 {
-			k := copy(p[n:], c.out)
-			c.out = c.out[k:]
-			n += k
-			continue
-		}
-		b, err := c.r.ReadByte()
-		if err != nil {
-			if n > 0 {
-				return n, nil
-			}
+	for len(c.out) == 0 {
+		if err := c.fill(); err != nil {
 			return 0, err
 		}
-		if c.bol && b == '.' {
-			// ".." at the start of a bare-LF line is a stuffed ".".
-			if nb, err := c.r.Peek(1); err == nil && nb[0] == '.' {
-				c.r.ReadByte()
+	}
+	n := copy(p, c.out)
+	c.out = c.out[n:]
+	return n, nil
+}
+
+func (c *crlfReader) fill() error {
+	n, err := c.r.Read(c.raw[:])
+	if n == 0 {
+		if err == nil {
+			return nil
+		}
+		return err
+	}
+	in, out := c.raw[:n], c.buf[:0]
+	for len(in) > 0 {
+		if c.bol {
+			c.bol = false
+			if in[0] == '.' {
+				// ".." at the start of a bare-LF line is a stuffed ".".
+				if len(in) > 1 && in[1] == '.' {
+					in = in[1:]
+				} else if len(in) == 1 {
+					if next, err := c.r.Peek(1); err == nil && next[0] == '.' {
+						c.r.Discard(1)
+					}
+				}
 			}
 		}
-		c.bol = false
-		switch {
-		case b == '\n' && !c.prevCR:
-			c.out = append(c.out[:0], '\r', '\n')
-			c.bol = true
-		default:
-			c.out = append(c.out[:0], b)
+		i := bytes.IndexByte(in, '\n')
+		if i < 0 {
+			out = append(out, in...)
+			c.prevCR = in[len(in)-1] == '\r'
+			break
 		}
-		c.prevCR = b == '\r'
+		out = append(out, in[:i]...)
+		if !((i > 0 && in[i-1] == '\r') || (i == 0 && c.prevCR)) {
+			out = append(out, '\r')
+			c.bol = true
+		}
+		out = append(out, '\n')
+		c.prevCR = false
+		in = in[i+1:]
 	}
-	return n, nil
+	c.buf, c.out = out, out
+	return nil
 }

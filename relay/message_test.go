@@ -1,9 +1,11 @@
 package relay
 
 import (
+	"bufio"
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -135,6 +137,47 @@ func TestEnvelopePolicy(t *testing.T) {
 		}
 		if refusal != nil && (refusal.Code != 553 || !strings.Contains(refusal.Message, "sender.rewrite")) {
 			t.Errorf("refusal lacks the remedy: %v", refusal)
+		}
+	}
+}
+
+// crlfReference is the obvious byte-at-a-time definition of crlfReader.
+func crlfReference(in string) string {
+	var b strings.Builder
+	bol := false
+	for i := 0; i < len(in); i++ {
+		c := in[i]
+		if bol && c == '.' && i+1 < len(in) && in[i+1] == '.' {
+			i++
+		}
+		bol = false
+		if c == '\n' && (i == 0 || in[i-1] != '\r') {
+			b.WriteString("\r\n")
+			bol = true
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+func TestCRLFReaderMatchesReferenceAcrossChunks(t *testing.T) {
+	alphabet := "\n\r.a"
+	seed := uint32(1)
+	for n := 0; n < 3000; n++ {
+		var in strings.Builder
+		for i := 0; i < n%97; i++ {
+			seed = seed*1664525 + 1013904223
+			in.WriteByte(alphabet[seed>>30])
+		}
+		// A tiny bufio buffer and one-byte reads force every chunk boundary.
+		r := &crlfReader{r: bufio.NewReaderSize(iotest.OneByteReader(strings.NewReader(in.String())), 16)}
+		got, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := crlfReference(in.String()); string(got) != want {
+			t.Fatalf("input %q:\n got %q\nwant %q", in.String(), got, want)
 		}
 	}
 }

@@ -168,28 +168,46 @@ func (c *Client) trace(stage Stage, port int, format string, args ...any) {
 // An idle logged-in session is reused when there is one (after an RSET that
 // also proves it alive); otherwise a new connection is opened.
 func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
-	s := c.take(ctx)
-	for s != nil {
-		if err := s.client.Reset(); err == nil {
-			break
+	for s := c.take(ctx); s != nil; s = c.take(ctx) {
+		// RSET only after a failed transaction: a completed one leaves the
+		// server ready, and a round trip per message is not free.
+		if s.dirty && s.client.Reset() != nil {
+			s.close() // closed by the server while idle: try another
+			continue
 		}
-		s.close() // closed by the server while idle: try another
-		s = c.take(ctx)
-	}
-	if s == nil {
-		var err error
-		if s, err = c.connect(ctx, true); err != nil {
-			return nil, err
+		res, err := c.sendOn(s, m)
+		if stale(err) {
+			continue // the connection died while idle; nothing was sent
 		}
+		return res, err
 	}
+	s, err := c.connect(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	return c.sendOn(s, m)
+}
+
+// sendOn sends m on s and returns s to the pool or closes it.
+func (c *Client) sendOn(s *session, m *Message) (*Result, error) {
 	res, err := s.send(m)
 	s.sent++
+	s.dirty = err != nil
 	if reusable(err) {
 		c.put(s)
 	} else {
 		s.close()
 	}
 	return res, err
+}
+
+// stale reports a reused connection that turned out dead at MAIL FROM,
+// before anything of the message was sent: safe to retry on a new one.
+func stale(err error) bool {
+	var e *Error
+	var se *smtp.SMTPError
+	return errors.As(err, &e) && e.Stage == StageMail && e.Err != nil && !errors.As(e.Err, &se) && e.Code == 0 &&
+		!strings.HasPrefix(e.Text, "the message needs")
 }
 
 // Probe checks cheaply that the upstream answers: connect, TLS where the
@@ -264,6 +282,7 @@ type session struct {
 	// healthy sessions end with QUIT; after a failure the server may be
 	// hung, so the connection is just closed.
 	healthy   bool
+	dirty     bool        // the last transaction failed: RSET before reuse
 	sent      int         // messages sent on this connection
 	idleTimer *time.Timer // closes the session when it idles too long in the pool
 }

@@ -8,9 +8,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/icloud-relay/icloud-relay/app"
+	"github.com/icloud-relay/icloud-relay/bench"
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/demo"
 	"github.com/icloud-relay/icloud-relay/doctor"
@@ -40,6 +43,7 @@ func commands() []command {
 		{"doctor", "check every step from this machine to iCloud and say what to fix", doctorCmd},
 		{"queue", "list, show, retry, delete or requeue queued and failed messages", queueCmd},
 		{"sendmail", "sendmail-compatible submission from scripts (also when run under the name sendmail)", sendmailCmd},
+		{"bench", "measure the relay against direct delivery to a stand-in upstream", benchCmd},
 		{"demo", "show the relay working against a built-in stand-in for iCloud (no account, no network)", demoCmd},
 		{"version", "print the version", versionCmd},
 	}
@@ -191,6 +195,44 @@ func demoCmd(args []string) int {
 	defer stop()
 	if err := demo.Run(ctx, os.Stdout); err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay demo: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func benchCmd(args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	n := fs.Int("messages", 1000, "messages per mode and concurrency")
+	size := fs.Int("size", 4096, "message size in bytes")
+	conc := fs.String("concurrency", "1,8,32", "comma-separated client concurrency levels")
+	sync := fs.String("sync-window", "10s", "the relay's delivery.sync_window")
+	big := fs.Bool("big", true, "also relay one 20 MiB message and report the RSS growth")
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "Usage: icloud-relay bench [flags]\n\nRuns this binary as a relay and compares it with direct delivery (STARTTLS+AUTH per\nmessage) against an in-process stand-in upstream, on loopback only.")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	var levels []int
+	for _, f := range strings.Split(*conc, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			fmt.Fprintf(os.Stderr, "icloud-relay bench: bad concurrency %q\n", f)
+			return exitUsage
+		}
+		levels = append(levels, c)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
+		return exitFailure
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, MessageSize: *size,
+		SyncWindow: *sync, BigMessage: *big, Out: os.Stdout}); err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
 	}
 	return exitOK

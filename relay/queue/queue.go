@@ -9,9 +9,9 @@
 //	              with the final reason
 //
 // Invariants:
-//   - A message exists once its .json is in active/. The .eml is written,
-//     fsynced and renamed into place first; the .json last, by the same
-//     steps, followed by an fsync of the directory. Enqueue returns only
+//   - A message exists once its .json is in active/. The .eml is written
+//     and fsynced first; the .json last, through a temp file, fsync and
+//     rename, followed by an fsync of the directory. Enqueue returns only
 //     after all of that, so a 250 to the client means the message is on disk.
 //   - Every state change rewrites the .json atomically (temp, fsync, rename).
 //   - Delivered messages lose their .json first, so a crash leaves at worst
@@ -177,14 +177,16 @@ func (q *Queue) Enqueue(m *Message, body io.Reader) error {
 	if m.NextAttempt.IsZero() {
 		m.NextAttempt = now
 	}
-	f, err := os.CreateTemp(q.tmp, m.ID+"-*.eml")
+	// The data goes straight to its place: without its metadata it is not
+	// a message, and Recover removes it.
+	dataPath := q.dataPath(q.active, m.ID)
+	f, err := os.OpenFile(dataPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return &Error{Op: "create", ID: m.ID, Err: err}
 	}
-	tmpName := f.Name()
 	fail := func(op string, err error) error {
 		f.Close()
-		os.Remove(tmpName)
+		os.Remove(dataPath)
 		return &Error{Op: op, ID: m.ID, Err: err}
 	}
 	n, err := io.Copy(f, body)
@@ -197,10 +199,6 @@ func (q *Queue) Enqueue(m *Message, body io.Reader) error {
 	}
 	if err := f.Close(); err != nil {
 		return fail("close", err)
-	}
-	if err := os.Rename(tmpName, q.dataPath(q.active, m.ID)); err != nil {
-		os.Remove(tmpName)
-		return &Error{Op: "rename", ID: m.ID, Err: err}
 	}
 	if err := q.writeMeta(q.active, m); err != nil {
 		os.Remove(q.dataPath(q.active, m.ID))
@@ -227,12 +225,13 @@ func (q *Queue) Body(id string) (*os.File, error) {
 }
 
 // Delete removes a delivered message: metadata first, so that a crash
-// cannot leave metadata pointing at nothing.
+// cannot leave metadata pointing at nothing. The directory is not synced:
+// losing a removal to a power cut can only cause a duplicate, never a loss,
+// and an fsync per delivered message is a real cost.
 func (q *Queue) Delete(id string) error {
 	if err := os.Remove(q.metaPath(q.active, id)); err != nil {
 		return &Error{Op: "delete", ID: id, Err: err}
 	}
-	syncDir(q.active)
 	if err := os.Remove(q.dataPath(q.active, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return &Error{Op: "delete", ID: id, Err: err}
 	}

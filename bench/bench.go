@@ -1,0 +1,321 @@
+// Package bench measures the relay against direct delivery, side by side in
+// one run, against the in-process stand-in upstream with TLS and AUTH:
+//
+//   - direct: each client talks to the upstream itself, STARTTLS + AUTH, a
+//     new connection per message (what a mail client does without the relay);
+//   - relay: each client talks plain SMTP to a relay process (the real
+//     binary), which queues durably and delivers over reused connections.
+//
+// It reports messages per second, client p50/p99 latency, end-to-end time
+// until the upstream has every message, upstream logins per 1,000 messages,
+// and the relay's idle RSS and RSS growth while relaying one 20 MiB message.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
+)
+
+// Options choose the load.
+type Options struct {
+	Binary      string // the icloud-relay binary to run as the relay
+	Concurrency []int
+	Messages    int // per concurrency level and mode
+	MessageSize int
+	SyncWindow  string // the relay's delivery.sync_window
+	BigMessage  bool   // also measure RSS with one 20 MiB message
+	Out         io.Writer
+}
+
+// Result is one mode at one concurrency.
+type Result struct {
+	Mode        string
+	Concurrency int
+	Messages    int
+	Refused     int
+	Rate        float64 // messages per second, client side
+	P50, P99    time.Duration
+	EndToEnd    time.Duration // until the upstream had them all
+	Logins      int
+}
+
+// Report is the whole run.
+type Report struct {
+	Results   []Result
+	IdleRSS   int64 // bytes, 0 where unknown
+	BigGrowth int64 // peak RSS growth while relaying one 20 MiB message
+}
+
+// Run runs the benchmark and prints it.
+func Run(ctx context.Context, o Options) (*Report, error) {
+	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 40 << 20})
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	dir, err := os.MkdirTemp("", "icloud-relay-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	ca, err := s.WriteCA(dir)
+	if err != nil {
+		return nil, err
+	}
+	relay, err := startRelay(ctx, o, s, dir, ca)
+	if err != nil {
+		return nil, err
+	}
+	defer relay.stop()
+	rep := &Report{}
+	time.Sleep(time.Second) // let the relay settle before reading its idle size
+	rep.IdleRSS = rssOf(relay.cmd.Process.Pid, "VmRSS")
+
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.CA.PEM)
+	body := message(o.MessageSize)
+	for _, c := range o.Concurrency {
+		direct := run(o.Messages, c, s, func() error { return sendDirect(s, pool, body) })
+		direct.Mode = "direct"
+		rep.Results = append(rep.Results, direct)
+		viaRelay := run(o.Messages, c, s, func() error { return sendPlain(relay.addr, s.Username(), body) })
+		viaRelay.Mode = "relay"
+		rep.Results = append(rep.Results, viaRelay)
+	}
+	if o.BigMessage {
+		before := rssOf(relay.cmd.Process.Pid, "VmHWM")
+		n := len(s.Messages())
+		if err := sendPlain(relay.addr, s.Username(), message(20<<20-16<<10)); err != nil {
+			return nil, fmt.Errorf("20 MiB message: %w", err)
+		}
+		s.WaitMessages(n+1, time.Minute)
+		if before > 0 {
+			rep.BigGrowth = rssOf(relay.cmd.Process.Pid, "VmHWM") - before
+		}
+	}
+	rep.print(o.Out)
+	return rep, nil
+}
+
+// run sends n messages from c concurrent clients and waits until the
+// stand-in has them.
+func run(n, c int, s *upstreamtest.Server, send func() error) Result {
+	start := time.Now()
+	base, logins := len(s.Messages()), s.Logins()
+	var mu sync.Mutex
+	var lat []time.Duration
+	refused := 0
+	jobs := make(chan struct{}, n)
+	for i := 0; i < n; i++ {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	var wg sync.WaitGroup
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				t := time.Now()
+				err := send()
+				d := time.Since(t)
+				mu.Lock()
+				if err != nil {
+					refused++
+				} else {
+					lat = append(lat, d)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	clientDone := time.Since(start)
+	s.WaitMessages(base+n-refused, 2*time.Minute)
+	r := Result{Concurrency: c, Messages: n, Refused: refused, EndToEnd: time.Since(start), Logins: s.Logins() - logins}
+	r.Rate = float64(n-refused) / clientDone.Seconds()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) > 0 {
+		r.P50, r.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
+	}
+	return r
+}
+
+func message(size int) string {
+	var b strings.Builder
+	b.WriteString("From: <demo@icloud.com>\r\nTo: <friend@example.com>\r\nSubject: bench\r\nDate: Sun, 22 Nov 2026 01:00:00 +0000\r\nMessage-ID: <bench@test>\r\n\r\n")
+	line := strings.Repeat("0123456789abcdef", 4) + "\r\n"
+	for b.Len() < size {
+		b.WriteString(line)
+	}
+	return b.String()
+}
+
+func sendDirect(s *upstreamtest.Server, roots *x509.CertPool, body string) error {
+	addr := net.JoinHostPort(s.Host, strconv.Itoa(s.StartTLSPort))
+	c, err := smtp.DialStartTLS(addr, &tls.Config{RootCAs: roots, ServerName: s.Host})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", s.Username(), s.Password())); err != nil {
+		return err
+	}
+	return transact(c, s.Username(), body)
+}
+
+func sendPlain(addr, from, body string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return transact(c, from, body)
+}
+
+func transact(c *smtp.Client, from, body string) error {
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt("friend@example.com", nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, body); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
+}
+
+type relayProc struct {
+	cmd  *exec.Cmd
+	addr string
+}
+
+func startRelay(ctx context.Context, o Options, s *upstreamtest.Server, dir, ca string) (*relayProc, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := fmt.Sprintf(`[listen]
+addr = %q
+[upstream]
+host = %q
+starttls_port = %d
+tls_port = %d
+username = %q
+password = %q
+ca_file = %q
+[queue]
+dir = %q
+[delivery]
+sync_window = %q
+[log]
+level = "warn"
+format = "json"
+`, addr, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), s.Password(), ca, filepath.Join(dir, "queue"), o.SyncWindow)
+	path := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, o.Binary, "run", "--config", path)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return &relayProc{cmd: cmd, addr: addr}, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Kill()
+	return nil, fmt.Errorf("the relay did not start listening on %s", addr)
+}
+
+func (r *relayProc) stop() {
+	r.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { r.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		r.cmd.Process.Kill()
+	}
+}
+
+// rssOf reads a size field (VmRSS, VmHWM) of a process, in bytes; 0 where
+// /proc is not available.
+func rssOf(pid int, field string) int64 {
+	if runtime.GOOS != "linux" {
+		return 0
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && k == field {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func (rep *Report) print(w io.Writer) {
+	fmt.Fprintf(w, "%-7s %5s %6s %8s %9s %9s %10s %8s %13s\n", "mode", "conc", "msgs", "msg/s", "p50", "p99", "end-to-end", "refused", "logins/1000")
+	byKey := map[string]Result{}
+	for _, r := range rep.Results {
+		byKey[fmt.Sprintf("%s/%d", r.Mode, r.Concurrency)] = r
+		fmt.Fprintf(w, "%-7s %5d %6d %8.1f %9s %9s %10s %8d %13.0f\n", r.Mode, r.Concurrency, r.Messages, r.Rate,
+			r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.EndToEnd.Round(time.Millisecond), r.Refused,
+			float64(r.Logins)*1000/float64(max(r.Messages, 1)))
+	}
+	fmt.Fprintln(w, "\nrelay / direct:")
+	for _, r := range rep.Results {
+		if r.Mode != "relay" {
+			continue
+		}
+		d := byKey[fmt.Sprintf("direct/%d", r.Concurrency)]
+		fmt.Fprintf(w, "  concurrency %2d: end-to-end throughput %.2fx, client p50 latency %.2fx, client msg/s %.2fx\n", r.Concurrency,
+			d.EndToEnd.Seconds()/r.EndToEnd.Seconds(), r.P50.Seconds()/d.P50.Seconds(), r.Rate/d.Rate)
+	}
+	if rep.IdleRSS > 0 {
+		fmt.Fprintf(w, "\nrelay idle RSS: %.1f MiB\n", float64(rep.IdleRSS)/(1<<20))
+	}
+	if rep.BigGrowth != 0 {
+		fmt.Fprintf(w, "relay peak RSS growth while relaying one 20 MiB message: %.1f MiB\n", float64(rep.BigGrowth)/(1<<20))
+	}
+}
