@@ -207,6 +207,7 @@ func benchCmd(args []string) int {
 	conc := fs.String("concurrency", "1,8,32", "comma-separated client concurrency levels")
 	sync := fs.String("sync-window", "10s", "the relay's delivery.sync_window")
 	big := fs.Bool("big", true, "also relay one 20 MiB message and report the RSS growth")
+	useRSA := fs.Bool("rsa", false, "the stand-in serves an RSA 2048 certificate (default ECDSA P-256)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "Usage: icloud-relay bench [flags]\n\nRuns this binary as a relay and compares it with direct delivery (STARTTLS+AUTH per\nmessage) against an in-process stand-in upstream, on loopback only.")
 		fs.PrintDefaults()
@@ -231,7 +232,7 @@ func benchCmd(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, MessageSize: *size,
-		SyncWindow: *sync, BigMessage: *big, Out: os.Stdout}); err != nil {
+		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Out: os.Stdout}); err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
 	}

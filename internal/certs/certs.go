@@ -4,9 +4,11 @@
 package certs
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -54,18 +56,30 @@ func NewCA(name string) (*CA, error) {
 	return &CA{Cert: cert, key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
-// Issue makes a server certificate for the given DNS names and IPs.
+// Issue makes a server certificate (ECDSA P-256) for the given DNS names and IPs.
 func (ca *CA) Issue(names ...string) (tls.Certificate, error) {
-	return issue(names, ca.Cert, ca.key)
+	return issue(names, ca.Cert, ca.key, false)
+}
+
+// IssueRSA makes a server certificate with an RSA 2048 key, the kind large
+// public mail services tend to serve, whose handshakes cost more CPU.
+func (ca *CA) IssueRSA(names ...string) (tls.Certificate, error) {
+	return issue(names, ca.Cert, ca.key, true)
 }
 
 // SelfSigned makes a self-signed server certificate for the given names.
 func SelfSigned(names ...string) (tls.Certificate, error) {
-	return issue(names, nil, nil)
+	return issue(names, nil, nil, false)
 }
 
-func issue(names []string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+func issue(names []string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, useRSA bool) (tls.Certificate, error) {
+	var key crypto.Signer
+	var err error
+	if useRSA {
+		key, err = rsa.GenerateKey(rand.Reader, 2048)
+	} else {
+		key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	}
 	if err != nil {
 		return tls.Certificate{}, err
 	}
@@ -84,10 +98,11 @@ func issue(names []string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
+	var signer crypto.Signer = parentKey
 	if parent == nil {
-		parent, parentKey = tmpl, key
+		parent, signer = tmpl, key
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
 	if err != nil {
 		return tls.Certificate{}, err
 	}

@@ -40,6 +40,9 @@ type Options struct {
 	NoSMTPUTF8 bool
 	// IdleTimeout closes connections idle this long (default 1 minute).
 	IdleTimeout time.Duration
+	// RSA serves an RSA 2048 certificate instead of ECDSA P-256: costlier
+	// handshakes, as with many public mail services.
+	RSA bool
 }
 
 // Faults are injected misbehaviour. The zero value is a healthy server.
@@ -111,7 +114,11 @@ func Start(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{Host: "127.0.0.1", CA: ca, opts: opts, gates: map[int]*gate{}}
-	if s.good, err = ca.Issue("localhost", "127.0.0.1"); err != nil {
+	issue := ca.Issue
+	if opts.RSA {
+		issue = ca.IssueRSA
+	}
+	if s.good, err = issue("localhost", "127.0.0.1"); err != nil {
 		return nil, err
 	}
 	if s.wrongCN, err = ca.Issue("wrong.example.net"); err != nil {
