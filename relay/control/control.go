@@ -2,7 +2,7 @@
 // relay runs, and directly on disk while none does.
 //
 // Mechanism: a running relay holds the queue's lock file and serves a small
-// HTTP API on a random loopback port; the address and a random token are in
+// API on a random loopback port; the address and a random token are in
 // <queue.dir>/control.json, which only the owner can read (the directory is
 // 0700 and the file 0600). Every change goes through the relay's scheduler,
 // which knows which message a worker holds, so a command can neither race a
@@ -12,7 +12,6 @@
 package control
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
@@ -21,10 +20,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
+	"sync"
 	"time"
 
 	"github.com/icloud-relay/icloud-relay/relay/queue"
@@ -46,10 +44,27 @@ type endpoint struct {
 
 func endpointFile(dir string) string { return filepath.Join(dir, "control.json") }
 
-// Server is the control API of a running relay.
+// Server is the control API of a running relay: one JSON request line
+// and one JSON reply line per connection (net/http would cost the
+// always-on process 2 MiB for four commands).
 type Server struct {
-	srv  *http.Server
+	ln   net.Listener
+	ops  Ops
+	tok  string
 	file string
+	wg   sync.WaitGroup
+}
+
+type request struct {
+	Token string `json:"token"`
+	Op    string `json:"op"` // retry, retry-all, delete, requeue
+	ID    string `json:"id,omitempty"`
+}
+
+type reply struct {
+	Error    string `json:"error,omitempty"`
+	NotFound bool   `json:"not_found,omitempty"`
+	Queued   int    `json:"queued,omitempty"`
 }
 
 // Serve starts the API for ops and publishes its endpoint in dir.
@@ -60,53 +75,67 @@ func Serve(dir string, ops Ops) (*Server, error) {
 	}
 	var tok [24]byte
 	rand.Read(tok[:])
-	ep := endpoint{Addr: ln.Addr().String(), Token: hex.EncodeToString(tok[:]), PID: os.Getpid()}
-	mux := http.NewServeMux()
-	handle := func(pattern string, fn func(r *http.Request) (any, error)) {
-		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-			if subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Token")), []byte(ep.Token)) != 1 {
-				http.Error(w, "forbidden", http.StatusForbidden)
-				return
-			}
-			v, err := fn(r)
-			w.Header().Set("Content-Type", "application/json")
-			if err != nil {
-				w.WriteHeader(statusOf(err))
-				json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
-				return
-			}
-			json.NewEncoder(w).Encode(v)
-		})
-	}
-	handle("POST /retry/{id}", func(r *http.Request) (any, error) { return nil, ops.Retry(r.PathValue("id")) })
-	handle("POST /retry-all", func(r *http.Request) (any, error) { return map[string]int{"queued": ops.RetryAll()}, nil })
-	handle("POST /delete/{id}", func(r *http.Request) (any, error) { return nil, ops.Delete(r.PathValue("id")) })
-	handle("POST /requeue/{id}", func(r *http.Request) (any, error) { return nil, ops.Requeue(r.PathValue("id")) })
-
-	s := &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, file: endpointFile(dir)}
-	b, _ := json.Marshal(ep)
+	s := &Server{ln: ln, ops: ops, tok: hex.EncodeToString(tok[:]), file: endpointFile(dir)}
+	b, _ := json.Marshal(endpoint{Addr: ln.Addr().String(), Token: s.tok, PID: os.Getpid()})
 	if err := os.WriteFile(s.file, b, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	go s.srv.Serve(ln)
+	s.wg.Add(1)
+	go s.serve()
 	return s, nil
 }
 
-func statusOf(err error) int {
-	switch {
-	case errors.Is(err, queue.ErrNotFound):
-		return http.StatusNotFound
-	case strings.Contains(err.Error(), "being delivered"):
-		return http.StatusConflict
+func (s *Server) serve() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			var req request
+			if err := json.NewDecoder(io.LimitReader(c, 64<<10)).Decode(&req); err != nil {
+				return
+			}
+			json.NewEncoder(c).Encode(s.handle(req))
+		}()
 	}
-	return http.StatusInternalServerError
+}
+
+func (s *Server) handle(req request) reply {
+	if subtle.ConstantTimeCompare([]byte(req.Token), []byte(s.tok)) != 1 {
+		return reply{Error: "forbidden: wrong control token"}
+	}
+	var err error
+	var r reply
+	switch req.Op {
+	case "retry":
+		err = s.ops.Retry(req.ID)
+	case "retry-all":
+		r.Queued = s.ops.RetryAll()
+	case "delete":
+		err = s.ops.Delete(req.ID)
+	case "requeue":
+		err = s.ops.Requeue(req.ID)
+	default:
+		err = fmt.Errorf("unknown operation %q", req.Op)
+	}
+	if err != nil {
+		r.Error, r.NotFound = err.Error(), errors.Is(err, queue.ErrNotFound)
+	}
+	return r
 }
 
 // Close stops the API and removes the endpoint file.
 func (s *Server) Close() {
 	os.Remove(s.file)
-	s.srv.Close()
+	s.ln.Close()
+	s.wg.Wait()
 }
 
 // Queue is the queue as the commands see it: local or through a running relay.
@@ -156,7 +185,8 @@ func (q *Queue) Close() {
 // Retry makes a queued message due now.
 func (q *Queue) Retry(id string) error {
 	if q.ep != nil {
-		return q.call("retry/"+id, nil)
+		_, err := q.call("retry", id)
+		return err
 	}
 	m, err := q.Get(id)
 	if err != nil {
@@ -169,9 +199,8 @@ func (q *Queue) Retry(id string) error {
 // RetryAll makes every queued message due now.
 func (q *Queue) RetryAll() (int, error) {
 	if q.ep != nil {
-		var out map[string]int
-		err := q.call("retry-all", &out)
-		return out["queued"], err
+		r, err := q.call("retry-all", "")
+		return r.Queued, err
 	}
 	msgs, err := q.Active()
 	if err != nil {
@@ -189,7 +218,8 @@ func (q *Queue) RetryAll() (int, error) {
 // Delete removes a message, queued or failed.
 func (q *Queue) Delete(id string) error {
 	if q.ep != nil {
-		return q.call("delete/"+id, nil)
+		_, err := q.call("delete", id)
+		return err
 	}
 	if err := q.Remove(id); !errors.Is(err, queue.ErrNotFound) {
 		return err
@@ -200,39 +230,32 @@ func (q *Queue) Delete(id string) error {
 // Requeue moves a failed message back into the queue.
 func (q *Queue) Requeue(id string) error {
 	if q.ep != nil {
-		return q.call("requeue/"+id, nil)
+		_, err := q.call("requeue", id)
+		return err
 	}
 	_, err := q.Queue.Requeue(id)
 	return err
 }
 
-var client = &http.Client{Timeout: 30 * time.Second}
-
-func (q *Queue) call(path string, out any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+q.ep.Addr+"/"+path, nil)
-	req.Header.Set("X-Token", q.ep.Token)
-	resp, err := client.Do(req)
+func (q *Queue) call(op, id string) (reply, error) {
+	c, err := net.DialTimeout("tcp", q.ep.Addr, 10*time.Second)
 	if err != nil {
-		return fmt.Errorf("the relay (pid %d) holds the queue but does not answer: %w", q.ep.PID, err)
+		return reply{}, fmt.Errorf("the relay (pid %d) holds the queue but does not answer: %w", q.ep.PID, err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		var e map[string]string
-		json.Unmarshal(b, &e)
-		msg := e["error"]
-		if msg == "" {
-			msg = resp.Status
-		}
-		if resp.StatusCode == http.StatusNotFound {
-			return fmt.Errorf("%s: %w", msg, queue.ErrNotFound)
-		}
-		return errors.New(msg)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := json.NewEncoder(c).Encode(request{Token: q.ep.Token, Op: op, ID: id}); err != nil {
+		return reply{}, err
 	}
-	if out != nil {
-		return json.Unmarshal(b, out)
+	var r reply
+	if err := json.NewDecoder(io.LimitReader(c, 64<<10)).Decode(&r); err != nil {
+		return reply{}, fmt.Errorf("no answer from the relay (pid %d): %w", q.ep.PID, err)
 	}
-	return nil
+	switch {
+	case r.NotFound:
+		return r, fmt.Errorf("%s: %w", r.Error, queue.ErrNotFound)
+	case r.Error != "":
+		return r, errors.New(r.Error)
+	}
+	return r, nil
 }
