@@ -99,6 +99,7 @@ func Upstream(cfg *config.Config, trace func(upstream.Event)) (*upstream.Client,
 		HeloName: u.HeloName, ConnectTimeout: u.ConnectTimeout.D(), Timeout: u.Timeout.D(),
 		ReprobeInterval: u.ReprobeInterval.D(), Trace: trace,
 		MaxIdle: cfg.Delivery.Workers, IdleTimeout: u.IdleTimeout.D(), MaxMessagesPerConnection: u.MaxMessagesPerConnection,
+		AttemptTimeout: u.AttemptTimeout.D(),
 	}), nil
 }
 

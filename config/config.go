@@ -75,6 +75,7 @@ type Upstream struct {
 	HeloName        string   `toml:"helo_name"`
 	ConnectTimeout  Duration `toml:"connect_timeout"`
 	Timeout         Duration `toml:"timeout"`
+	AttemptTimeout  Duration `toml:"attempt_timeout"`
 	ReprobeInterval Duration `toml:"reprobe_interval"`
 	// Connection reuse.
 	IdleTimeout              Duration `toml:"idle_timeout"`
@@ -139,6 +140,7 @@ func Default() Config {
 			HeloName:                 defaultHeloName(),
 			ConnectTimeout:           Duration(15 * time.Second),
 			Timeout:                  Duration(60 * time.Second),
+			AttemptTimeout:           Duration(30 * time.Minute),
 			ReprobeInterval:          Duration(time.Hour),
 			IdleTimeout:              Duration(30 * time.Second),
 			MaxMessagesPerConnection: 100,
@@ -380,6 +382,7 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	}
 	positive(bad, "upstream.connect_timeout", c.Upstream.ConnectTimeout)
 	positive(bad, "upstream.timeout", c.Upstream.Timeout)
+	positive(bad, "upstream.attempt_timeout", c.Upstream.AttemptTimeout)
 	positive(bad, "upstream.reprobe_interval", c.Upstream.ReprobeInterval)
 	if c.Upstream.IdleTimeout < 0 {
 		bad("upstream.idle_timeout", "must not be negative (0 turns connection reuse off)")

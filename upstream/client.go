@@ -50,6 +50,8 @@ type Config struct {
 	MaxIdle                  int
 	IdleTimeout              time.Duration
 	MaxMessagesPerConnection int
+	// AttemptTimeout bounds one whole delivery attempt (0: no bound).
+	AttemptTimeout time.Duration
 }
 
 // Event is one stage passed during a delivery, or a port given up on.
@@ -168,6 +170,13 @@ func (c *Client) trace(stage Stage, port int, format string, args ...any) {
 // An idle logged-in session is reused when there is one (after an RSET that
 // also proves it alive); otherwise a new connection is opened.
 func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
+	if c.cfg.AttemptTimeout > 0 {
+		// Bounds a server that drips its replies a byte at a time, which
+		// the per-read timeout alone would let go on for ever.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+		defer cancel()
+	}
 	for s := c.take(ctx); s != nil; s = c.take(ctx) {
 		// RSET only after a failed transaction: a completed one leaves the
 		// server ready, and a round trip per message is not free.
@@ -191,6 +200,7 @@ func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
 // sendOn sends m on s and returns s to the pool or closes it.
 func (c *Client) sendOn(s *session, m *Message) (*Result, error) {
 	res, err := s.send(m)
+	s.stop() // unbind from this attempt's context before pooling
 	s.sent++
 	s.dirty = err != nil
 	if reusable(err) {
@@ -519,16 +529,32 @@ type timeoutConn struct {
 	timeout time.Duration
 	mu      sync.Mutex
 	writes  int
+	unread  int // bytes read since the last write: one reply's size
 }
+
+// maxReply bounds what the server may send in answer to one command; a
+// hostile server cannot fill the relay's memory with an endless reply.
+const maxReply = 1 << 20
+
+var errReplyTooLarge = errors.New("the server's reply is larger than 1 MiB")
 
 func (c *timeoutConn) Read(b []byte) (int, error) {
 	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
-	return c.Conn.Read(b)
+	n, err := c.Conn.Read(b)
+	c.mu.Lock()
+	c.unread += n
+	over := c.unread > maxReply
+	c.mu.Unlock()
+	if over {
+		return n, errReplyTooLarge
+	}
+	return n, err
 }
 
 func (c *timeoutConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
 	c.writes++
+	c.unread = 0
 	c.mu.Unlock()
 	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	return c.Conn.Write(b)

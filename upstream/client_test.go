@@ -2,14 +2,19 @@ package upstream_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
+	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/icloud-relay/icloud-relay/internal/certs"
 	"github.com/icloud-relay/icloud-relay/upstream"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
@@ -347,4 +352,106 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 		t.Fatalf("after the idle timeout a new login is expected: %v, %d", err, s.Logins())
 	}
 	c.CloseIdle()
+}
+
+// rawServer accepts connections and hands them to serve; loopback only.
+func rawServer(t *testing.T, implicitTLS *tls.Config, serve func(net.Conn)) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if implicitTLS != nil {
+				c = tls.Server(c, implicitTLS)
+			}
+			go func() { defer c.Close(); serve(c) }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func TestHostileUpstreams(t *testing.T) {
+	ca, _ := certs.NewCA("hostile test CA")
+	leaf, _ := ca.Issue("localhost", "127.0.0.1")
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{leaf}}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.PEM)
+	endless := func(c net.Conn) {
+		line := "220-" + strings.Repeat("x", 500) + "\r\n"
+		for {
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
+		}
+	}
+	drip := func(c net.Conn) {
+		for {
+			if _, err := c.Write([]byte("2")); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	silent := func(c net.Conn) { io.Copy(io.Discard, c) }
+	cases := []struct {
+		name     string
+		implicit bool
+		serve    func(net.Conn)
+		stage    upstream.Stage
+		text     string
+	}{
+		{"endless greeting before TLS", false, endless, upstream.StageGreeting, ""},
+		{"endless greeting after TLS", true, endless, upstream.StageGreeting, "larger than 1 MiB"},
+		{"greeting that drips", false, drip, upstream.StageGreeting, ""},
+		{"greeting that never comes", false, silent, upstream.StageGreeting, "timed out"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var cfgTLS *tls.Config
+			if c.implicit {
+				cfgTLS = tlsCfg
+			}
+			port := rawServer(t, cfgTLS, c.serve)
+			cl := upstream.New(upstream.Config{Host: "127.0.0.1", StartTLSPort: port, TLSPort: port + 100000, RootCAs: pool,
+				Username: "u@icloud.com", Password: "p", HeloName: "h.example", ConnectTimeout: time.Second,
+				Timeout: 500 * time.Millisecond, AttemptTimeout: 2 * time.Second, ReprobeInterval: time.Hour})
+			if c.implicit {
+				cl = upstream.New(upstream.Config{Host: "127.0.0.1", StartTLSPort: port + 100000, TLSPort: port, RootCAs: pool,
+					Username: "u@icloud.com", Password: "p", HeloName: "h.example", ConnectTimeout: time.Second,
+					Timeout: 500 * time.Millisecond, AttemptTimeout: 2 * time.Second, ReprobeInterval: time.Hour})
+			}
+			var before runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, err := cl.Send(context.Background(), msg("u@icloud.com"))
+			var after runtime.MemStats
+			runtime.ReadMemStats(&after)
+			var ue *upstream.Error
+			if !errors.As(err, &ue) || (ue.Stage != c.stage && ue.Stage != upstream.StageConnect) || !ue.Temporary || !strings.Contains(ue.Error(), c.text) {
+				t.Fatalf("got %v", err)
+			}
+			if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 16<<20 {
+				t.Fatalf("memory grew by %d bytes", grew)
+			}
+		})
+	}
+}
+
+func TestTLSBelow12IsRefusedWithoutLoggingIn(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{MaxTLSVersion: tls.VersionTLS11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = client(t, s).Send(context.Background(), msg(s.Username()))
+	var ue *upstream.Error
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageTLS || s.AuthAttempts() != 0 {
+		t.Fatalf("got %v, %d AUTH attempts", err, s.AuthAttempts())
+	}
 }

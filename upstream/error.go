@@ -183,6 +183,8 @@ func describe(err error) string {
 		return "timed out"
 	case errors.Is(err, errClosedEarly):
 		return "the server closed the connection"
+	case errors.Is(err, errReplyTooLarge):
+		return errReplyTooLarge.Error()
 	}
 	return err.Error()
 }

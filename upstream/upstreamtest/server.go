@@ -40,6 +40,9 @@ type Options struct {
 	NoSMTPUTF8 bool
 	// IdleTimeout closes connections idle this long (default 1 minute).
 	IdleTimeout time.Duration
+	// MaxTLSVersion, when set, caps TLS (e.g. tls.VersionTLS11 for an
+	// outdated or downgraded server).
+	MaxTLSVersion uint16
 	// RSA serves an RSA 2048 certificate instead of ECDSA P-256: costlier
 	// handshakes, as with many public mail services.
 	RSA bool
@@ -132,6 +135,9 @@ func Start(opts Options) (*Server, error) {
 		return nil, err
 	}
 	tlsCfg := &tls.Config{GetCertificate: s.certificate, MinVersion: tls.VersionTLS12}
+	if opts.MaxTLSVersion != 0 {
+		tlsCfg.MinVersion, tlsCfg.MaxVersion = tls.VersionTLS10, opts.MaxTLSVersion
+	}
 
 	s.smtp = smtp.NewServer(smtp.BackendFunc(s.newSession))
 	s.smtp.Domain = "standin.icloud.test"
