@@ -49,6 +49,7 @@ type Listen struct {
 	Hostname       string   `toml:"hostname"`
 	MaxMessageSize Size     `toml:"max_message_size"`
 	MaxRecipients  int      `toml:"max_recipients"`
+	MaxConnections int      `toml:"max_connections"`
 	Timeout        Duration `toml:"timeout"`
 	ReceivedHeader bool     `toml:"received_header"`
 
@@ -129,6 +130,7 @@ func Default() Config {
 			Hostname:       "localhost",
 			MaxMessageSize: 20 << 20,
 			MaxRecipients:  500,
+			MaxConnections: 100,
 			Timeout:        Duration(5 * time.Minute),
 			ReceivedHeader: true,
 		},
@@ -354,6 +356,9 @@ func (c *Config) validate(file string, lines map[string]int) error {
 		bad("listen.max_recipients", "must be from 1 to 500 (iCloud's per-message limit), got %d", c.Listen.MaxRecipients)
 	}
 	positive(bad, "listen.timeout", c.Listen.Timeout)
+	if c.Listen.MaxConnections < 1 {
+		bad("listen.max_connections", "must be at least 1, got %d", c.Listen.MaxConnections)
+	}
 
 	// upstream
 	if c.Upstream.Host == "" {

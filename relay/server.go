@@ -38,6 +38,7 @@ type ListenConfig struct {
 	MaxMessageSize int64
 	MaxRecipients  int
 	Timeout        time.Duration
+	MaxConnections int // concurrent client connections; 0: no limit
 	SyncWindow     time.Duration
 	Sender         SenderPolicy
 	ReceivedHeader bool     // add a Received trace header
@@ -60,7 +61,23 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
+	failures map[string]*authFailures // by client IP
+	conns    atomic.Int64
 }
+
+// authFailures counts a client address's refused local logins.
+type authFailures struct {
+	count int
+	since time.Time
+}
+
+// Local login rate limit: after maxAuthFailures refused logins within
+// authFailureWindow, an address is refused logins until the window passes.
+const (
+	maxAuthFailures   = 5
+	authFailureWindow = 10 * time.Minute
+	authFailureDelay  = time.Second
+)
 
 // NewServer returns a listener that queues into q and hands to sched.
 func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.Logger) *Server {
@@ -69,7 +86,7 @@ func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.L
 	if cfg.MaxMessageSize > 4*headerReserve {
 		cfg.MaxMessageSize -= headerReserve
 	}
-	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}}
+	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}, failures: map[string]*authFailures{}}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = cfg.TLS
@@ -107,7 +124,7 @@ func (s *Server) listen(addrs []string, implicitTLS bool) error {
 			s.Close()
 			return fmt.Errorf("listen on %s: %w", addr, err)
 		}
-		var l net.Listener = &accessListener{Listener: ln, allow: s.cfg.Allow, log: s.log}
+		var l net.Listener = &accessListener{Listener: ln, srv: s}
 		if implicitTLS {
 			l = tls.NewListener(l, s.cfg.TLS)
 		}
@@ -209,12 +226,20 @@ type session struct {
 func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
+	ip, _, _ := net.SplitHostPort(ss.remote)
+	if wait := ss.srv.authBlocked(ip); wait > 0 {
+		return nil, &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+			Message: fmt.Sprintf("Too many failed logins from your address; try again in %s", wait.Round(time.Second))}
+	}
 	check := func(user, pass string) error {
 		if ss.srv.checkUser(user, pass) {
 			ss.authed = true
 			return nil
 		}
-		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("username", user).Msg("local login refused")
+		n := ss.srv.authFailed(ip)
+		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("username", user).Int("failures", n).
+			Str("remedy", "Check the login in the client against [[listen.users]] in the relay's config.").Msg("local login refused")
+		time.Sleep(authFailureDelay) // slows guessing
 		return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Wrong username or password for this relay (see [[listen.users]] in its config)"}
 	}
 	switch mech {
@@ -224,6 +249,37 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		return saslserver.NewLoginServer(check), nil
 	}
 	return nil, smtp.ErrAuthUnknownMechanism
+}
+
+// authBlocked says how long ip must wait before logging in again.
+func (s *Server) authBlocked(ip string) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.failures[ip]
+	if f == nil {
+		return 0
+	}
+	left := authFailureWindow - time.Since(f.since)
+	if left <= 0 {
+		delete(s.failures, ip)
+		return 0
+	}
+	if f.count < maxAuthFailures {
+		return 0
+	}
+	return left
+}
+
+func (s *Server) authFailed(ip string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.failures[ip]
+	if f == nil || time.Since(f.since) > authFailureWindow {
+		f = &authFailures{since: time.Now()}
+		s.failures[ip] = f
+	}
+	f.count++
+	return f.count
 }
 
 // checkUser accepts any login when no users are configured (the listener is
@@ -361,31 +417,67 @@ func (e *eightBitReader) Read(p []byte) (int, error) {
 
 // accessListener turns away clients outside the allowed networks before
 // they see a greeting, so the relay cannot be used as an open relay.
+// It also caps concurrent connections and logs clients that time out.
 type accessListener struct {
 	net.Listener
-	allow []netip.Prefix
-	log   zerolog.Logger
+	srv *Server
 }
 
 func (l *accessListener) Accept() (net.Conn, error) {
+	s := l.srv
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
 		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-		if allowed(l.allow, ap.Addr().Unmap()) {
-			return c, nil
+		if !allowed(s.cfg.Allow, ap.Addr().Unmap()) {
+			s.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).
+				Str("remedy", "Add the client's network to listen.allow (and set [[listen.users]]) if it should be able to send.").
+				Msg("connection refused: address not in listen.allow")
+			go refuse(c, "554 5.7.1 Your address is not allowed to use this relay")
+			continue
 		}
-		l.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).
-			Str("remedy", "Add the client's network to listen.allow (and set [[listen.users]]) if it should be able to send.").
-			Msg("connection refused: address not in listen.allow")
-		go func() {
-			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c, "554 5.7.1 Your address is not allowed to use this relay\r\n")
-			c.Close()
-		}()
+		if n := s.conns.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
+			s.conns.Add(-1)
+			s.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).Int("max_connections", s.cfg.MaxConnections).
+				Str("remedy", "A client opens too many connections at once; raise listen.max_connections if that is expected.").
+				Msg("connection refused: too many connections")
+			go refuse(c, "421 4.7.0 Too many connections to this relay; try again shortly")
+			continue
+		}
+		return &clientConn{Conn: c, srv: s}, nil
 	}
+}
+
+func refuse(c net.Conn, reply string) {
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, reply+"\r\n")
+	c.Close()
+}
+
+// clientConn counts the connection and logs a client that went silent.
+type clientConn struct {
+	net.Conn
+	srv    *Server
+	closed atomic.Bool
+}
+
+func (c *clientConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.srv.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).Dur("timeout", c.srv.cfg.Timeout).
+			Msg("client connection timed out; closed")
+	}
+	return n, err
+}
+
+func (c *clientConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.srv.conns.Add(-1)
+	}
+	return c.Conn.Close()
 }
 
 func allowed(nets []netip.Prefix, a netip.Addr) bool {
