@@ -127,6 +127,9 @@ func localCert(cfg *config.Config) (tls.Certificate, error) {
 
 // Start recovers the queue, starts delivery and opens the listener.
 func (a *App) Start() error {
+	for _, w := range a.cfg.ExposedSecrets() {
+		a.log.Warn().Str("remedy", "Make the file readable by its owner only.").Msg(w)
+	}
 	unlock, err := a.q.Lock()
 	if errors.Is(err, queue.ErrLocked) {
 		return fmt.Errorf("another icloud-relay already uses the queue in %s (stop it first, or give this one its own queue.dir)", a.cfg.Queue.Dir)

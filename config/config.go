@@ -537,3 +537,25 @@ func DefaultConfigPath() string {
 	}
 	return filepath.Join(DefaultDataDir(), "config.toml")
 }
+
+// ExposedSecrets lists warnings about secrets that other users of this
+// machine can read: a config holding a password inline, or a password file,
+// readable by group or others. (Windows permissions are not mode bits.)
+func (c *Config) ExposedSecrets() []string {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	var out []string
+	readable := func(path string) bool {
+		st, err := os.Stat(path)
+		return err == nil && st.Mode().Perm()&0o044 != 0
+	}
+	inline := c.Upstream.PasswordEnv == "" && c.Upstream.PasswordFile == "" || len(c.Listen.Users) > 0
+	if c.Path != "" && inline && readable(c.Path) {
+		out = append(out, fmt.Sprintf("%s holds a password and other users can read it: chmod 600 %s", c.Path, c.Path))
+	}
+	if c.Upstream.PasswordFile != "" && readable(c.Upstream.PasswordFile) {
+		out = append(out, fmt.Sprintf("the password file %s can be read by other users: chmod 600 %s", c.Upstream.PasswordFile, c.Upstream.PasswordFile))
+	}
+	return out
+}

@@ -174,3 +174,26 @@ func allKeys() []string {
 	walk("", reflect.TypeOf(Config{}))
 	return keys
 }
+
+func TestReadableSecretsAreReported(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.toml")
+	os.WriteFile(path, []byte(minimal), 0o644)
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := cfg.ExposedSecrets(); len(w) != 1 || !strings.Contains(w[0], "chmod 600") {
+		t.Fatalf("warnings %v", w)
+	}
+	os.Chmod(path, 0o600)
+	if w := cfg.ExposedSecrets(); len(w) != 0 {
+		t.Fatalf("owner-only config still reported: %v", w)
+	}
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("abcd-efgh-ijkl-mnop"), 0o640)
+	cfg, _ = Parse([]byte(fmt.Sprintf("[upstream]\nusername = \"me@icloud.com\"\npassword_file = %q\n", pw)), path)
+	if w := cfg.ExposedSecrets(); len(w) != 1 || !strings.Contains(w[0], "password file") {
+		t.Fatalf("warnings %v", w)
+	}
+}
