@@ -110,7 +110,12 @@ func freeAddr(t *testing.T) string {
 }
 
 // writeConfigAt writes a config for a relay on listen; extra is appended.
+// An extra that starts with [delivery] replaces the default delivery settings.
 func writeConfigAt(t *testing.T, s *upstreamtest.Server, dir, password, listen, extra string) string {
+	delivery := "[delivery]\nprobe_interval = \"200ms\"\nsync_window = \"2s\"\n"
+	if strings.HasPrefix(extra, "[delivery]") {
+		delivery, extra = extra, ""
+	}
 	t.Helper()
 	ca, err := s.WriteCA(dir)
 	if err != nil {
@@ -130,14 +135,11 @@ connect_timeout = "2s"
 timeout = "2s"
 [queue]
 dir = %q
-[delivery]
-probe_interval = "200ms"
-sync_window = "2s"
-[log]
+%s[log]
 format = "json"
 level = "debug"
 %s
-`, listen, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), password, ca, filepath.Join(dir, "queue"), extra)
+`, listen, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), password, ca, filepath.Join(dir, "queue"), delivery, extra)
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -60,6 +61,10 @@ type Faults struct {
 	BadCert       bool                       // certificate from an unknown CA
 	WrongName     bool                       // certificate from the trusted CA, for another host
 	Delay         time.Duration              // before every reply to MAIL, RCPT and DATA
+	// Chaos: after the data, with these probabilities, answer 451 or keep
+	// the message and hang up without a reply (which makes the sender's
+	// retry a duplicate: the ambiguity of at-least-once delivery).
+	TempFailRate, DropRate float64
 }
 
 // PortState is what a listener does with new connections.
@@ -98,7 +103,7 @@ type Server struct {
 	logins   int
 	attempts int
 	helos    []string
-	conns    int
+	drops    int
 }
 
 // Start runs a stand-in on two free loopback ports.
@@ -246,6 +251,13 @@ func (s *Server) AuthAttempts() int {
 	return s.attempts
 }
 
+// Drops counts messages kept but answered by hanging up.
+func (s *Server) Drops() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.drops
+}
+
 // HeloNames lists the names clients gave in EHLO/HELO after TLS.
 func (s *Server) HeloNames() []string {
 	s.mu.Lock()
@@ -367,10 +379,18 @@ func (ss *session) Data(r io.Reader) error {
 	if f.Data != nil {
 		return f.Data
 	}
+	roll := rand.Float64()
+	if roll < f.TempFailRate {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "stand-in: temporary failure (chaos)"}
+	}
+	drop := f.DropAfterData || roll < f.TempFailRate+f.DropRate
 	ss.srv.mu.Lock()
 	ss.srv.messages = append(ss.srv.messages, Message{From: ss.from, To: ss.to, Data: buf.Bytes(), Port: ss.port})
+	if drop {
+		ss.srv.drops++
+	}
 	ss.srv.mu.Unlock()
-	if f.DropAfterData {
+	if drop {
 		ss.conn.Close()
 	}
 	return nil
