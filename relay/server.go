@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -348,6 +349,9 @@ func (ss *session) Data(r io.Reader) error {
 			Msg("cannot store an incoming message; the client was told to retry")
 		// Never go-smtp's default 554 for a plain error: that would make
 		// the client drop the mail.
+		if errors.Is(err, syscall.ENOSPC) {
+			return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "The relay's disk is full; try again later"}
+		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Cannot store the message in the local queue right now; try again later"}
 	}
 	m.EightBit = eight.seen
