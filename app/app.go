@@ -55,6 +55,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 	pol := relay.Policy{
 		Workers: d.Workers, SyncWindow: d.SyncWindow.D(), RetryMin: d.RetryMin.D(), RetryMax: d.RetryMax.D(),
 		MaxAge: d.MaxAge.D(), ProbeInterval: d.ProbeInterval.D(), AuthPause: d.AuthPause.D(),
+		DailyLimit: d.DailyLimit,
 	}
 	if d.NotifyFailures {
 		pol.NoticeTo = cfg.Sender.Address

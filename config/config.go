@@ -112,6 +112,9 @@ type Delivery struct {
 	// NotifyFailures sends a short report to sender.address when a
 	// message ends in the failed area.
 	NotifyFailures bool `toml:"notify_failures"`
+	// DailyLimit is iCloud's sending limit per rolling day (messages and
+	// recipients); the relay warns at 80% and 95%.
+	DailyLimit int `toml:"daily_limit"`
 }
 
 // Log configures logging.
@@ -156,6 +159,7 @@ func Default() Config {
 			MaxAge:        Duration(72 * time.Hour),
 			ProbeInterval: Duration(5 * time.Second),
 			AuthPause:     Duration(time.Hour),
+			DailyLimit:    1000,
 		},
 		Log: Log{Level: "info"},
 	}
@@ -433,6 +437,9 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	positive(bad, "delivery.max_age", c.Delivery.MaxAge)
 	positive(bad, "delivery.probe_interval", c.Delivery.ProbeInterval)
 	positive(bad, "delivery.auth_pause", c.Delivery.AuthPause)
+	if c.Delivery.DailyLimit < 0 {
+		bad("delivery.daily_limit", "must not be negative (0 turns the warnings off)")
+	}
 
 	// log
 	switch c.Log.Level {

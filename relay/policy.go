@@ -15,6 +15,7 @@ type Policy struct {
 	ProbeInterval time.Duration // how often an unreachable upstream is probed
 	AuthPause     time.Duration // how long a refused login pauses deliveries
 	NoticeTo      string        // when set, failures are reported to this (the account's) address
+	DailyLimit    int           // messages (and recipients) a rolling day; warn near it
 }
 
 // Backoff is the delay before retry number attempt (1 for the first retry):

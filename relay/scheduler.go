@@ -48,6 +48,7 @@ type Scheduler struct {
 	down        *upstream.Error
 	wentDown    chan struct{} // signalled when the upstream becomes unreachable
 	pausedUntil time.Time
+	sent        sendCounter
 	wg          sync.WaitGroup
 }
 
@@ -69,6 +70,7 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.loadCounter()
 	now := time.Now()
 	s.mu.Lock()
 	for _, m := range msgs {
@@ -258,6 +260,7 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 	if res != nil {
 		port = res.Port
 	}
+	newlyDelivered := 0
 	for i := range m.Rcpts {
 		r := &m.Rcpts[i]
 		if r.Status != queue.Pending {
@@ -270,19 +273,20 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		switch {
 		case rerr != nil:
 			r.Error = outcome(rerr, now)
-			if !rerr.Temporary {
+			if !rerr.Temporary && !isDailyLimit(rerr) {
 				r.Status = queue.Failed
 			}
 		case ue == nil:
 			r.Status, r.Error = queue.Delivered, nil
+			newlyDelivered++
 		case ue.Stage == upstream.StageRcpt:
 			// A network error during RCPT: this recipient is simply not done.
 			r.Error = outcome(ue, now)
 		default:
 			r.Error = outcome(ue, now)
-			// A refused login is about the account, not this message: it
-			// waits for the account to be fixed instead of failing.
-			if !ue.Temporary && !ue.AccountProblem() {
+			// A refused login or the daily limit is about the account, not
+			// this message: it waits instead of failing.
+			if !ue.Temporary && !ue.AccountProblem() && !isDailyLimit(ue) {
 				r.Status = queue.Failed
 			}
 		}
@@ -309,6 +313,9 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 	pending := len(m.Rcpts) - delivered - failed
 	took := now.Sub(started)
 
+	if newlyDelivered > 0 {
+		s.countSent(newlyDelivered)
+	}
 	if pending == 0 {
 		if failed == 0 {
 			if err := s.q.Delete(m.ID); err != nil {
@@ -343,7 +350,11 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 			}
 		}
 	}
-	if resume := s.upstreamState(cause); resume.After(m.NextAttempt) {
+	resume := s.upstreamState(cause)
+	if isDailyLimit(cause) {
+		resume = s.dailyLimitPause(cause)
+	}
+	if resume.After(m.NextAttempt) {
 		m.NextAttempt = resume
 	}
 	if err := s.q.Update(m); err != nil {

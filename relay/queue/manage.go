@@ -127,3 +127,21 @@ func (q *Queue) Requeue(id string) (*Message, error) {
 	syncDir(q.failed)
 	return m, nil
 }
+
+// SaveState stores a small piece of relay state (e.g. the sending counter)
+// beside the queue, atomically.
+func (q *Queue) SaveState(name string, data []byte) error {
+	if err := writeAtomic(q.tmp, filepath.Join(q.dir, name), data); err != nil {
+		return &Error{Op: "save " + name, Err: err}
+	}
+	return nil
+}
+
+// LoadState reads what SaveState stored; a missing file is no error.
+func (q *Queue) LoadState(name string) ([]byte, error) {
+	b, err := os.ReadFile(filepath.Join(q.dir, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}
