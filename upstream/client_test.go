@@ -120,6 +120,8 @@ func TestFaultsAreClassifiedByStage(t *testing.T) {
 		}, stage: upstream.StageData, temporary: false, code: 552, remedy: "larger than iCloud accepts"},
 		{name: "dropped after DATA", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{DropAfterData: true}) },
 			stage: upstream.StageData, temporary: true},
+		{name: "closed mid-DATA", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{CloseMidData: true}) },
+			stage: upstream.StageData, temporary: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

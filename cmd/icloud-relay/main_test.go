@@ -241,11 +241,14 @@ func TestExitCodes(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.toml")
 	os.WriteFile(bad, []byte("[upstream]\nusername = \"me@icloud.com\"\npassword = \"x\"\nport = 587\n"), 0o600)
+	open := filepath.Join(dir, "open.toml")
+	os.WriteFile(open, []byte("[listen]\naddr = \"0.0.0.0:2525\"\n[upstream]\nusername = \"me@icloud.com\"\npassword = \"x\"\n"), 0o600)
 	cases := []struct {
 		args []string
 		code int
 		want string
 	}{
+		{[]string{"run", "--config", open}, 2, "open.toml:2: listen.addr: \"0.0.0.0:2525\" is not a loopback address"},
 		{[]string{"run", "--config", bad}, 2, "bad.toml:4: upstream.port: unknown key"},
 		{[]string{"run", "--config", filepath.Join(dir, "missing.toml")}, 2, "cannot read config"},
 		{[]string{"frobnicate"}, 2, "unknown command"},

@@ -58,6 +58,7 @@ type Faults struct {
 	Rcpt          map[string]*smtp.SMTPError // reply to RCPT TO, by address
 	Data          *smtp.SMTPError            // reply after the message data
 	DropAfterData bool                       // keep the message, hang up without a reply
+	CloseMidData  bool                       // hang up in the middle of the upload
 	BadCert       bool                       // certificate from an unknown CA
 	WrongName     bool                       // certificate from the trusted CA, for another host
 	Delay         time.Duration              // before every reply to MAIL, RCPT and DATA
@@ -371,6 +372,11 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 
 func (ss *session) Data(r io.Reader) error {
 	f := ss.srv.currentFaults()
+	if f.CloseMidData {
+		io.CopyN(io.Discard, r, 64)
+		ss.conn.Close()
+		return errors.New("stand-in: hung up mid-DATA (fault)")
+	}
 	var buf bytes.Buffer
 	if _, err := io.Copy(&buf, r); err != nil {
 		return err
