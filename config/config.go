@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -119,9 +118,11 @@ type Delivery struct {
 
 // Log configures logging.
 type Log struct {
-	Level  string `toml:"level"`
-	Format string `toml:"format"`
-	File   string `toml:"file"`
+	Level    string `toml:"level"`
+	Format   string `toml:"format"`
+	File     string `toml:"file"`
+	MaxSize  Size   `toml:"max_size"`
+	MaxFiles int    `toml:"max_files"`
 }
 
 // Default returns the configuration used for every key the file leaves out.
@@ -150,7 +151,7 @@ func Default() Config {
 			IdleTimeout:              Duration(30 * time.Second),
 			MaxMessagesPerConnection: 100,
 		},
-		Queue: Queue{Dir: filepath.Join(DefaultDataDir(), "queue")},
+		Queue: Queue{Dir: DefaultPaths(!IsAdmin()).Queue},
 		Delivery: Delivery{
 			Workers:       2,
 			SyncWindow:    Duration(10 * time.Second),
@@ -161,7 +162,7 @@ func Default() Config {
 			AuthPause:     Duration(time.Hour),
 			DailyLimit:    1000,
 		},
-		Log: Log{Level: "info"},
+		Log: Log{Level: "info", MaxSize: 10 << 20, MaxFiles: 5},
 	}
 }
 
@@ -173,34 +174,6 @@ func defaultHeloName() string {
 		return "[127.0.0.1]"
 	}
 	return host
-}
-
-// DefaultDataDir is where the queue lives when queue.dir is not set.
-func DefaultDataDir() string {
-	switch runtime.GOOS {
-	case "windows":
-		if pd := os.Getenv("ProgramData"); pd != "" {
-			return filepath.Join(pd, "icloud-relay")
-		}
-	case "darwin":
-		if os.Geteuid() == 0 {
-			return "/Library/Application Support/icloud-relay"
-		}
-		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, "Library", "Application Support", "icloud-relay")
-		}
-	default:
-		if os.Geteuid() == 0 {
-			return "/var/lib/icloud-relay"
-		}
-		if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-			return filepath.Join(d, "icloud-relay")
-		}
-		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, ".local", "state", "icloud-relay")
-		}
-	}
-	return filepath.Join(os.TempDir(), "icloud-relay")
 }
 
 // KeyError is one problem with one key of the config file.
@@ -447,6 +420,9 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	default:
 		bad("log.level", "%q is not one of trace, debug, info, warn, error", c.Log.Level)
 	}
+	if c.Log.MaxFiles < 0 {
+		bad("log.max_files", "must not be negative")
+	}
 	switch c.Log.Format {
 	case "", "console", "json":
 	default:
@@ -530,19 +506,15 @@ func (c *Config) Secrets() []string {
 	return out
 }
 
-// DefaultConfigPath is where run looks for a config when --config is not given.
+// DefaultConfigPath is where run looks for a config when --config is not
+// given: the per-user config when it exists (or when not running as an
+// administrator), else the system one.
 func DefaultConfigPath() string {
-	switch runtime.GOOS {
-	case "windows", "darwin":
-		return filepath.Join(DefaultDataDir(), "config.toml")
+	user := DefaultPaths(true).Config
+	if _, err := os.Stat(user); err == nil || !IsAdmin() {
+		return user
 	}
-	if os.Geteuid() == 0 {
-		return "/etc/icloud-relay/config.toml"
-	}
-	if d, err := os.UserConfigDir(); err == nil {
-		return filepath.Join(d, "icloud-relay", "config.toml")
-	}
-	return filepath.Join(DefaultDataDir(), "config.toml")
+	return DefaultPaths(false).Config
 }
 
 // ExposedSecrets lists warnings about secrets that other users of this

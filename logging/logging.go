@@ -24,6 +24,10 @@ type Options struct {
 	Level  string // trace, debug, info, warn, error
 	Format string // console, json, or "" for console on a terminal else JSON
 	File   string // also write JSON here when set
+	// MaxSize and MaxFiles rotate File: past MaxSize bytes it is renamed
+	// and at most MaxFiles old files are kept.
+	MaxSize  int64
+	MaxFiles int
 	// Secrets are masked wherever they appear in output.
 	Secrets []string
 }
@@ -48,7 +52,7 @@ func New(opts Options, w io.Writer) (zerolog.Logger, io.Closer, error) {
 	}
 	var closer io.Closer = nopCloser{}
 	if opts.File != "" {
-		f, err := os.OpenFile(opts.File, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		f, err := openRotating(opts.File, opts.MaxSize, opts.MaxFiles)
 		if err != nil {
 			return zerolog.Nop(), nil, fmt.Errorf("open log file: %w", err)
 		}

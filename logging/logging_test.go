@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -42,5 +45,33 @@ func TestConsoleFormatAndLevel(t *testing.T) {
 	log.Warn().Str("stage", "tls").Msg("shown")
 	if out := buf.String(); strings.Contains(out, "hidden") || !strings.Contains(out, "shown") || !strings.Contains(out, "stage=tls") || strings.HasPrefix(out, "{") {
 		t.Fatalf("console output: %q", out)
+	}
+}
+
+func TestLogFileRotates(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "logs", "relay.log")
+	log, closer, err := New(Options{Level: "info", Format: "json", File: path, MaxSize: 2000, MaxFiles: 2}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 100; i++ {
+		log.Info().Int("n", i).Str("pad", strings.Repeat("x", 100)).Msg("line")
+	}
+	closer.Close()
+	for _, name := range []string{path, path + ".1", path + ".2"} {
+		st, err := os.Stat(name)
+		if err != nil || st.Size() == 0 || st.Size() > 2000 {
+			t.Fatalf("%s: %v, size %d", name, err, st.Size())
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s mode %v", name, st.Mode())
+		}
+	}
+	if _, err := os.Stat(path + ".3"); err == nil {
+		t.Fatal("more old files kept than max_files")
+	}
+	last, _ := os.ReadFile(path)
+	if !strings.Contains(string(last), `"n":99`) {
+		t.Fatal("the newest lines are not in the current file")
 	}
 }
