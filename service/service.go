@@ -29,6 +29,11 @@ type Runner interface {
 	Stop(ctx context.Context) error
 }
 
+// Reloader is a Runner that can take up an edited config (on SIGHUP).
+type Reloader interface {
+	Reload() error
+}
+
 // Config is the service definition; args are what the service manager
 // passes to the binary (e.g. run --config FILE).
 func Config(args []string) *kservice.Config {
@@ -40,10 +45,21 @@ func Config(args []string) *kservice.Config {
 	}
 }
 
+// Interactive reports whether the process runs from a terminal rather than
+// under a service manager.
+func Interactive() bool { return kservice.Interactive() }
+
 // Run runs r until the service manager or a signal (SIGINT, SIGTERM) stops it.
+// Under a service manager, start, stop and failure also go to the OS's
+// service log (Windows event log, syslog) where kardianos/service offers one.
 func Run(r Runner) error {
+	defer watchReload(r)()
 	if !kservice.Interactive() {
-		if s, err := kservice.New(&program{r: r}, Config(nil)); err == nil {
+		p := &program{r: r}
+		if s, err := kservice.New(p, Config(nil)); err == nil {
+			if sl, err := s.Logger(nil); err == nil {
+				p.syslog = sl
+			}
 			return s.Run()
 		}
 	}
@@ -63,8 +79,35 @@ func stop(r Runner) error {
 	return r.Stop(ctx)
 }
 
-// program adapts a Runner to kardianos/service.
-type program struct{ r Runner }
+// program adapts a Runner to kardianos/service. With no Runner it only
+// serves to install and control the service.
+type program struct {
+	r      Runner
+	syslog kservice.Logger
+}
 
-func (p *program) Start(kservice.Service) error { return p.r.Start() }
-func (p *program) Stop(kservice.Service) error  { return stop(p.r) }
+func (p *program) Start(kservice.Service) error {
+	if p.r == nil {
+		return nil
+	}
+	err := p.r.Start()
+	if p.syslog != nil {
+		if err != nil {
+			p.syslog.Errorf("icloud-relay failed to start: %v", err)
+		} else {
+			p.syslog.Info("icloud-relay started")
+		}
+	}
+	return err
+}
+
+func (p *program) Stop(kservice.Service) error {
+	if p.r == nil {
+		return nil
+	}
+	err := stop(p.r)
+	if p.syslog != nil {
+		p.syslog.Info("icloud-relay stopped")
+	}
+	return err
+}

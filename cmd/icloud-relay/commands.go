@@ -45,6 +45,12 @@ func commands() []command {
 		{"sendmail", "sendmail-compatible submission from scripts (also when run under the name sendmail)", sendmailCmd},
 		{"bench", "measure the relay against direct delivery to a stand-in upstream", benchCmd},
 		{"demo", "show the relay working against a built-in stand-in for iCloud (no account, no network)", demoCmd},
+		{"install", "install as a service (Windows service, launchd, systemd)", serviceCmd("install")},
+		{"uninstall", "remove the service", serviceCmd("uninstall")},
+		{"start", "start the service", serviceCmd("start")},
+		{"stop", "stop the service", serviceCmd("stop")},
+		{"restart", "restart the service", serviceCmd("restart")},
+		{"status", "is the service running, and what is queued", serviceCmd("status")},
 		{"version", "print the version", versionCmd},
 	}
 }
@@ -132,18 +138,19 @@ func runCmd(args []string) int {
 	if !ok {
 		return exitUsage
 	}
-	log, closer, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File, Secrets: cfg.Secrets()}, os.Stderr)
+	if cfg.Log.File == "" && !service.Interactive() {
+		// Under a service manager stderr may go nowhere (Windows): log to the
+		// per-OS file too.
+		cfg.Log.File = config.DefaultPaths(!config.IsAdmin()).Log
+	}
+	log, closer, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File,
+		MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Secrets: cfg.Secrets()}, os.Stderr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay: log.file: %v\n", err)
 		return exitUsage
 	}
 	defer closer.Close()
-	a, err := app.New(cfg, log)
-	if err != nil {
-		log.Error().Err(err).Msg("cannot start")
-		return exitFailure
-	}
-	if err := service.Run(a); err != nil {
+	if err := service.Run(app.NewProgram(cfg.Path, cfg, log)); err != nil {
 		log.Error().Err(err).Msg("relay failed")
 		return exitFailure
 	}

@@ -1,0 +1,139 @@
+package service
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	kservice "github.com/kardianos/service"
+)
+
+// Actions the service manager can be asked for.
+var Actions = []string{"install", "uninstall", "start", "stop", "restart"}
+
+// ErrNoManager means no supported service manager runs on this machine.
+var ErrNoManager = errors.New("no service manager found (Windows SCM, launchd or systemd): run \"icloud-relay run --config FILE\" in the foreground, or start it from your own init system")
+
+// ErrNeedAdmin means the action needs administrator rights.
+var ErrNeedAdmin = errors.New("this needs administrator rights: run it as Administrator (Windows) or with sudo, or pass --user for a service of your own user")
+
+// Definition describes the installed service: the binary runs
+// "run --config ConfigPath", as a system service or, with User, a per-user one.
+type Definition struct {
+	ConfigPath string
+	User       bool
+}
+
+func (d Definition) config() (*kservice.Config, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	exe, _ = filepath.EvalSymlinks(exe)
+	cfgPath, err := filepath.Abs(d.ConfigPath) // the service manager's working directory is not ours
+	if err != nil {
+		return nil, err
+	}
+	c := Config([]string{"run", "--config", cfgPath})
+	c.Executable = exe
+	c.Option = kservice.KeyValue{
+		"UserService": d.User,
+		// Start at boot and come back after a crash.
+		"Restart":                "on-failure",
+		"RunAtLoad":              true,
+		"KeepAlive":              true,
+		"StartType":              "automatic",
+		"OnFailure":              "restart",
+		"OnFailureDelayDuration": "10s",
+	}
+	return c, nil
+}
+
+// supported are the service managers the relay installs into. SysV init,
+// upstart and the like are left out: in containers they "install" a script
+// that nothing ever starts.
+var supported = map[string]bool{"windows-service": true, "darwin-launchd": true, "linux-systemd": true}
+
+// manage returns the service handle for d, or ErrNoManager.
+func manage(d Definition) (kservice.Service, *kservice.Config, error) {
+	c, err := d.config()
+	if err != nil {
+		return nil, nil, err
+	}
+	if p := kservice.Platform(); !supported[p] {
+		if p == "" {
+			p = "none"
+		}
+		return nil, nil, fmt.Errorf("%w (found: %s)", ErrNoManager, p)
+	}
+	s, err := kservice.New(&program{}, c)
+	if err != nil {
+		return nil, nil, classify(err)
+	}
+	return s, c, nil
+}
+
+// Control performs action on the service.
+func Control(action string, d Definition) error {
+	s, c, err := manage(d)
+	if err != nil {
+		return err
+	}
+	if action == "install" {
+		if _, err := os.Stat(c.Arguments[2]); err != nil {
+			return fmt.Errorf("no config at %s: write one first (icloud-relay setup does it)", c.Arguments[2])
+		}
+	}
+	if err := kservice.Control(s, action); err != nil {
+		return classify(err)
+	}
+	return nil
+}
+
+// Status says whether the service is running, stopped or not installed.
+func Status(d Definition) (string, error) {
+	s, _, err := manage(d)
+	if err != nil {
+		return "", err
+	}
+	st, err := s.Status()
+	switch {
+	case errors.Is(err, kservice.ErrNotInstalled):
+		return "not installed", nil
+	case err != nil:
+		return "", classify(err)
+	case st == kservice.StatusRunning:
+		return "running", nil
+	case st == kservice.StatusStopped:
+		return "stopped", nil
+	}
+	return "unknown", nil
+}
+
+// Platform names the service manager in use, e.g. "linux-systemd".
+func Platform() string {
+	if p := kservice.Platform(); p != "" {
+		return p
+	}
+	return "none"
+}
+
+// classify turns the service manager's failures into errors that say what
+// to do.
+func classify(err error) error {
+	msg := strings.ToLower(err.Error())
+	switch {
+	case errors.Is(err, kservice.ErrNoServiceSystemDetected),
+		strings.Contains(msg, "executable file not found"),
+		strings.Contains(msg, "system has not been booted with systemd"),
+		strings.Contains(msg, "failed to connect to bus"),
+		strings.Contains(msg, "no such file or directory") && strings.Contains(msg, "init.d"):
+		return fmt.Errorf("%w (%v)", ErrNoManager, err)
+	case errors.Is(err, os.ErrPermission), strings.Contains(msg, "permission denied"),
+		strings.Contains(msg, "access is denied"), strings.Contains(msg, "operation not permitted"):
+		return fmt.Errorf("%w (%v)", ErrNeedAdmin, err)
+	}
+	return err
+}
