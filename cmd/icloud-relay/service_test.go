@@ -1,0 +1,75 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/icloud-relay/icloud-relay/service"
+	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
+)
+
+func TestServiceCommandsWithoutAServiceManager(t *testing.T) {
+	if p := service.Platform(); p == "linux-systemd" || p == "darwin-launchd" || p == "windows-service" {
+		t.Skipf("this machine has a service manager (%s)", p)
+	}
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfg := writeConfig(t, s, t.TempDir(), s.Password())
+	for _, action := range []string{"install", "start", "stop", "restart", "uninstall", "status"} {
+		code, out := runCLI(t, action, "--config", cfg)
+		if code != 1 || !strings.Contains(out, "no service manager found") || !strings.Contains(out, "icloud-relay run --config FILE") {
+			t.Errorf("%s: exit %d\n%s", action, code, out)
+		}
+	}
+	if _, err := os.Stat("/etc/init.d/icloud-relay"); err == nil {
+		t.Fatal("an init script was written")
+	}
+}
+
+func TestSIGHUPReloadsTheConfig(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfigAt(t, s, dir, "wrong-pass-word-xyz", listen, "")
+	p := startProc(t, "run", "--config", cfg)
+	p.waitLog(t, "listening for local mail clients")
+	if err := sendTo(listen, "before-reload"); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, "iCloud refused the login: all deliveries paused (messages stay queued); fix the password or username and restart, or wait")
+
+	// A broken edit is refused; the relay keeps running.
+	good, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, append(good, []byte("\nbogus_key = 1\n")...), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "config reload refused: the file has errors; the relay keeps running with the old config")
+
+	// The fixed password is taken up without a restart; the queued message goes.
+	os.WriteFile(cfg, []byte(strings.Replace(string(good), "wrong-pass-word-xyz", s.Password(), 1)), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "config reloaded")
+	if got := s.WaitMessages(1, 20*time.Second); len(got) != 1 || got[0].Subject() != "before-reload" {
+		t.Fatalf("after reload: %+v\n%s", got, p.output())
+	}
+	if err := sendTo(listen, "after-reload"); err != nil {
+		t.Fatalf("the reloaded relay does not accept mail: %v", err)
+	}
+	if got := s.WaitMessages(2, 20*time.Second); len(got) != 2 {
+		t.Fatal("nothing delivered after the reload")
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
