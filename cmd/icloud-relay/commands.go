@@ -45,6 +45,7 @@ func commands() []command {
 		{"sendmail", "sendmail-compatible submission from scripts (also when run under the name sendmail)", sendmailCmd},
 		{"bench", "measure the relay against direct delivery to a stand-in upstream", benchCmd},
 		{"demo", "show the relay working against a built-in stand-in for iCloud (no account, no network)", demoCmd},
+		{"setup", "first-run set-up: account, app-specific password, checks, service", setupCmd},
 		{"install", "install as a service (Windows service, launchd, systemd)", serviceCmd("install")},
 		{"uninstall", "remove the service", serviceCmd("uninstall")},
 		{"start", "start the service", serviceCmd("start")},

@@ -24,7 +24,7 @@ var soak = flag.Bool("soak", false, "run the crash test longer (many more kills 
 func TestKillLoopLosesNothing(t *testing.T) {
 	kills, clients := 10, 4
 	if *soak {
-		kills, clients = 150, 8
+		kills, clients = 50, 4
 	}
 	s, err := upstreamtest.Start(upstreamtest.Options{})
 	if err != nil {

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/term"
+
+	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/doctor"
+	"github.com/icloud-relay/icloud-relay/service"
+)
+
+const setupUsage = `Usage: icloud-relay setup [--config FILE] [--user] [--address ADDR] [--password-stdin]
+                          [--alias ADDR]... [--install] [--start] [--yes]
+
+First-run set-up: asks for your iCloud address and an app-specific password
+(typed hidden), writes the config (owner-only) with the password in a
+separate owner-only file, runs the doctor checks, and offers to install and
+start the service. Every question has a flag, for scripted installs:
+  --address ADDR      the iCloud address (full address)
+  --password-stdin    read the app-specific password from standard input
+  --alias ADDR        an alias iCloud accepts as sender (repeatable)
+  --install, --start  install and start the service without asking
+  --yes               accept the defaults for anything not given
+  --skip-checks       do not run the doctor checks (e.g. offline)
+Advanced: --host, --starttls-port, --tls-port, --ca-file set the upstream.`
+
+// upstreamFlags are setup's advanced flags, for a corporate TLS proxy or
+// another server than iCloud's.
+type upstreamFlags struct {
+	host          string
+	starttls, tls int
+	caFile        string
+}
+
+type aliases []string
+
+func (a *aliases) String() string     { return strings.Join(*a, ",") }
+func (a *aliases) Set(v string) error { *a = append(*a, v); return nil }
+
+func setupCmd(args []string) int {
+	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
+	user := fs.Bool("user", !config.IsAdmin(), "per-user config and service")
+	cfgPath := fs.String("config", "", "where to write the config (default: the per-OS location)")
+	address := fs.String("address", "", "your iCloud address")
+	pwStdin := fs.Bool("password-stdin", false, "read the app-specific password from standard input")
+	var alias aliases
+	fs.Var(&alias, "alias", "an alias iCloud accepts as sender (repeatable)")
+	install := fs.Bool("install", false, "install the service")
+	start := fs.Bool("start", false, "start the service")
+	yes := fs.Bool("yes", false, "do not ask; use defaults")
+	skipChecks := fs.Bool("skip-checks", false, "skip the doctor checks")
+	var up upstreamFlags
+	fs.StringVar(&up.host, "host", "", "upstream host (default smtp.mail.me.com)")
+	fs.IntVar(&up.starttls, "starttls-port", 0, "upstream STARTTLS port (default 587)")
+	fs.IntVar(&up.tls, "tls-port", 0, "upstream implicit-TLS port (default 465)")
+	fs.StringVar(&up.caFile, "ca-file", "", "extra CA certificate to trust (corporate TLS)")
+	fs.Usage = func() { fmt.Fprintln(os.Stderr, setupUsage) }
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if *cfgPath == "" {
+		*cfgPath = config.DefaultPaths(*user).Config
+	}
+	in := bufio.NewReader(os.Stdin)
+	tty := term.IsTerminal(int(os.Stdin.Fd()))
+	ask := func(question, def string) (string, error) {
+		if *yes || !tty {
+			return def, nil
+		}
+		fmt.Printf("%s [%s]: ", question, def)
+		line, err := in.ReadString('\n')
+		if err != nil && line == "" {
+			return "", err
+		}
+		if line = strings.TrimSpace(line); line == "" {
+			return def, nil
+		}
+		return line, nil
+	}
+
+	fmt.Println("icloud-relay set-up: your programs send to 127.0.0.1:2525 with no password; the relay sends to iCloud.")
+	if _, err := os.Stat(*cfgPath); err == nil {
+		if ans, _ := ask(fmt.Sprintf("%s exists. Replace it?", *cfgPath), "no"); !isYes(ans) {
+			fmt.Println("Keeping the existing config. (icloud-relay doctor checks it.)")
+			return exitOK
+		}
+	}
+	addr := *address
+	for addr == "" || !strings.Contains(addr, "@") {
+		if !tty {
+			fmt.Fprintln(os.Stderr, "icloud-relay setup: --address is required without a terminal (the full iCloud address, e.g. name@icloud.com)")
+			return exitUsage
+		}
+		if addr != "" {
+			fmt.Println("  Please give the full address, e.g. name@icloud.com.")
+		}
+		fmt.Print("Your iCloud email address: ")
+		line, err := in.ReadString('\n')
+		if err != nil && line == "" {
+			return exitUsage
+		}
+		addr = strings.TrimSpace(line)
+	}
+
+	password, err := readPassword(*pwStdin, tty, in)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay setup: %v\n", err)
+		return exitUsage
+	}
+
+	cfg, err := writeSetupConfig(*cfgPath, addr, password, alias, *user, up)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay setup: %v\n", err)
+		return exitFailure
+	}
+	fmt.Printf("Wrote %s (readable by you only); the password is in %s.\n", cfg.Path, cfg.Upstream.PasswordFile)
+
+	if !*skipChecks {
+		fmt.Println("\nChecking the way to iCloud:")
+		rep := doctor.Run(context.Background(), cfg, doctor.Options{})
+		rep.WriteText(os.Stdout)
+		if !rep.OK {
+			fmt.Println("Fix what is marked ✗ and run icloud-relay doctor again; the config is saved.")
+		}
+	}
+
+	doInstall := *install
+	if !doInstall && !*yes && tty {
+		ans, _ := ask("\nInstall the relay as a service that starts with the computer?", "yes")
+		doInstall = isYes(ans)
+	}
+	if doInstall {
+		def := service.Definition{ConfigPath: cfg.Path, User: *user}
+		if err := service.Control("install", def); err != nil {
+			fmt.Fprintf(os.Stderr, "icloud-relay setup: install: %v\n", err)
+			return exitFailure
+		}
+		printInstalled(cfg, *user)
+		doStart := *start
+		if !doStart && !*yes && tty {
+			ans, _ := ask("Start it now?", "yes")
+			doStart = isYes(ans)
+		}
+		if doStart {
+			if err := service.Control("start", def); err != nil {
+				fmt.Fprintf(os.Stderr, "icloud-relay setup: start: %v\n", err)
+				return exitFailure
+			}
+			fmt.Println("Started. Point your mail programs at 127.0.0.1, port 2525, no encryption, no password.")
+		}
+	} else {
+		fmt.Printf("\nTo run it now in the foreground: icloud-relay run --config %s\n", cfg.Path)
+	}
+	return exitOK
+}
+
+func isYes(s string) bool {
+	s = strings.ToLower(strings.TrimSpace(s))
+	return s == "y" || s == "yes"
+}
+
+const appPasswordHelp = `iCloud needs an app-specific password, not your Apple Account password.
+Create one at appleid.apple.com → Sign-In and Security → App-Specific
+Passwords (two-factor authentication must be on). It looks like abcd-efgh-ijkl-mnop.`
+
+func readPassword(fromStdin, tty bool, in *bufio.Reader) (string, error) {
+	if fromStdin {
+		line, err := in.ReadString('\n')
+		if err != nil && err != io.EOF {
+			return "", err
+		}
+		if pw := strings.TrimSpace(line); pw != "" {
+			return pw, nil
+		}
+		return "", errors.New("no password on standard input")
+	}
+	if !tty {
+		return "", errors.New("--password-stdin is required without a terminal")
+	}
+	fmt.Println("\n" + appPasswordHelp)
+	for {
+		fmt.Print("App-specific password (hidden): ")
+		b, err := term.ReadPassword(int(os.Stdin.Fd()))
+		fmt.Println()
+		if err != nil {
+			return "", err
+		}
+		if pw := strings.TrimSpace(string(b)); pw != "" {
+			return pw, nil
+		}
+	}
+}
+
+// writeSetupConfig writes the config and a password file beside it, both
+// owner-only, and returns the config as the relay will read it.
+func writeSetupConfig(path, addr, password string, aliasList []string, user bool, up upstreamFlags) (*config.Config, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	pwFile := filepath.Join(filepath.Dir(path), "password")
+	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	os.Chmod(pwFile, 0o600) // an existing file keeps its mode on WriteFile
+	paths := config.DefaultPaths(user)
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Written by icloud-relay setup. Every option: config.example.toml.\n\n")
+	fmt.Fprintf(&b, "[upstream]\nusername = %q\npassword_file = %q\n", addr, pwFile)
+	if up.host != "" {
+		fmt.Fprintf(&b, "host = %q\n", up.host)
+	}
+	if up.starttls != 0 {
+		fmt.Fprintf(&b, "starttls_port = %d\n", up.starttls)
+	}
+	if up.tls != 0 {
+		fmt.Fprintf(&b, "tls_port = %d\n", up.tls)
+	}
+	if up.caFile != "" {
+		fmt.Fprintf(&b, "ca_file = %q\n", up.caFile)
+	}
+	b.WriteString("\n")
+	if len(aliasList) > 0 {
+		fmt.Fprintf(&b, "[sender]\naliases = [")
+		for i, a := range aliasList {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%q", a)
+		}
+		b.WriteString("]\n\n")
+	}
+	fmt.Fprintf(&b, "[queue]\ndir = %q\n", paths.Queue)
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return nil, err
+	}
+	os.Chmod(path, 0o600)
+	return config.Load(path)
+}
