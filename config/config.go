@@ -20,6 +20,7 @@ import (
 
 	toml "github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
+	"github.com/zalando/go-keyring"
 )
 
 // Config is the whole configuration. Field tags are the TOML key names that
@@ -71,6 +72,7 @@ type Upstream struct {
 	Password        Secret   `toml:"password"`
 	PasswordEnv     string   `toml:"password_env"`
 	PasswordFile    string   `toml:"password_file"`
+	PasswordKeyring bool     `toml:"password_keyring"`
 	CAFile          string   `toml:"ca_file"`
 	HeloName        string   `toml:"helo_name"`
 	ConnectTimeout  Duration `toml:"connect_timeout"`
@@ -431,20 +433,31 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	return errors.Join(errs...)
 }
 
+// KeyringService is the name the password is stored under in the OS
+// credential store (macOS Keychain, Windows Credential Manager, Secret
+// Service on Linux), with the iCloud address as the account.
+const KeyringService = "icloud-relay"
+
 // resolvePassword fills Upstream.Password from exactly one of its sources.
 func (c *Config) resolvePassword() *KeyError {
 	u := &c.Upstream
 	n := 0
-	for _, set := range []bool{u.Password != "", u.PasswordEnv != "", u.PasswordFile != ""} {
+	for _, set := range []bool{u.Password != "", u.PasswordEnv != "", u.PasswordFile != "", u.PasswordKeyring} {
 		if set {
 			n++
 		}
 	}
 	switch {
 	case n == 0:
-		return &KeyError{Key: "upstream.password", Msg: "is required: set password, password_env or password_file to an app-specific password (appleid.apple.com → Sign-In and Security → App-Specific Passwords)"}
+		return &KeyError{Key: "upstream.password", Msg: "is required: set password, password_env, password_file or password_keyring to an app-specific password (appleid.apple.com → Sign-In and Security → App-Specific Passwords)"}
 	case n > 1:
-		return &KeyError{Key: "upstream.password", Msg: "set only one of password, password_env and password_file"}
+		return &KeyError{Key: "upstream.password", Msg: "set only one of password, password_env, password_file and password_keyring"}
+	case u.PasswordKeyring:
+		v, err := keyring.Get(KeyringService, u.Username)
+		if err != nil {
+			return &KeyError{Key: "upstream.password_keyring", Msg: fmt.Sprintf("no password for %s in the OS credential store (%v): store it with icloud-relay setup --keyring, as the user the relay runs as", u.Username, err)}
+		}
+		u.Password = Secret(v)
 	case u.PasswordEnv != "":
 		v := os.Getenv(u.PasswordEnv)
 		if v == "" {
@@ -529,7 +542,7 @@ func (c *Config) ExposedSecrets() []string {
 		st, err := os.Stat(path)
 		return err == nil && st.Mode().Perm()&0o044 != 0
 	}
-	inline := c.Upstream.PasswordEnv == "" && c.Upstream.PasswordFile == "" || len(c.Listen.Users) > 0
+	inline := c.Upstream.Password != "" && c.Upstream.PasswordEnv == "" && c.Upstream.PasswordFile == "" && !c.Upstream.PasswordKeyring || len(c.Listen.Users) > 0
 	if c.Path != "" && inline && readable(c.Path) {
 		out = append(out, fmt.Sprintf("%s holds a password and other users can read it: chmod 600 %s", c.Path, c.Path))
 	}

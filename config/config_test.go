@@ -9,6 +9,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/zalando/go-keyring"
 	"time"
 )
 
@@ -195,5 +197,18 @@ func TestReadableSecretsAreReported(t *testing.T) {
 	cfg, _ = Parse([]byte(fmt.Sprintf("[upstream]\nusername = \"me@icloud.com\"\npassword_file = %q\n", pw)), path)
 	if w := cfg.ExposedSecrets(); len(w) != 1 || !strings.Contains(w[0], "password file") {
 		t.Fatalf("warnings %v", w)
+	}
+}
+
+func TestPasswordFromTheOSCredentialStore(t *testing.T) {
+	keyring.MockInit()
+	doc := "[upstream]\nusername = \"me@icloud.com\"\npassword_keyring = true\n"
+	if _, err := Parse([]byte(doc), "c.toml"); err == nil || !strings.Contains(err.Error(), "c.toml:3: upstream.password_keyring: no password for me@icloud.com") {
+		t.Fatalf("missing entry: %v", err)
+	}
+	keyring.Set(KeyringService, "me@icloud.com", "from-keyring-pw")
+	cfg, err := Parse([]byte(doc), "c.toml")
+	if err != nil || cfg.Upstream.Password.Reveal() != "from-keyring-pw" {
+		t.Fatalf("got %v", err)
 	}
 }

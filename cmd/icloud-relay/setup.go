@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/zalando/go-keyring"
 	"golang.org/x/term"
 
 	"github.com/icloud-relay/icloud-relay/config"
@@ -31,6 +32,7 @@ start the service. Every question has a flag, for scripted installs:
   --install, --start  install and start the service without asking
   --yes               accept the defaults for anything not given
   --skip-checks       do not run the doctor checks (e.g. offline)
+  --keyring           keep the password in the OS credential store, not a file
 Advanced: --host, --starttls-port, --tls-port, --ca-file set the upstream.`
 
 // upstreamFlags are setup's advanced flags, for a corporate TLS proxy or
@@ -58,6 +60,7 @@ func setupCmd(args []string) int {
 	start := fs.Bool("start", false, "start the service")
 	yes := fs.Bool("yes", false, "do not ask; use defaults")
 	skipChecks := fs.Bool("skip-checks", false, "skip the doctor checks")
+	useKeyring := fs.Bool("keyring", false, "keep the password in the OS credential store instead of a file")
 	var up upstreamFlags
 	fs.StringVar(&up.host, "host", "", "upstream host (default smtp.mail.me.com)")
 	fs.IntVar(&up.starttls, "starttls-port", 0, "upstream STARTTLS port (default 587)")
@@ -117,12 +120,22 @@ func setupCmd(args []string) int {
 		return exitUsage
 	}
 
-	cfg, err := writeSetupConfig(*cfgPath, addr, password, alias, *user, up)
+	if *useKeyring {
+		if err := keyring.Set(config.KeyringService, addr, password); err != nil {
+			fmt.Fprintf(os.Stderr, "icloud-relay setup: cannot store the password in the OS credential store: %v\n", err)
+			return exitFailure
+		}
+	}
+	cfg, err := writeSetupConfig(*cfgPath, addr, password, alias, *user, up, *useKeyring)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay setup: %v\n", err)
 		return exitFailure
 	}
-	fmt.Printf("Wrote %s (readable by you only); the password is in %s.\n", cfg.Path, cfg.Upstream.PasswordFile)
+	where := cfg.Upstream.PasswordFile
+	if *useKeyring {
+		where = "the OS credential store"
+	}
+	fmt.Printf("Wrote %s (readable by you only); the password is in %s.\n", cfg.Path, where)
 
 	if !*skipChecks {
 		fmt.Println("\nChecking the way to iCloud:")
@@ -202,19 +215,23 @@ func readPassword(fromStdin, tty bool, in *bufio.Reader) (string, error) {
 
 // writeSetupConfig writes the config and a password file beside it, both
 // owner-only, and returns the config as the relay will read it.
-func writeSetupConfig(path, addr, password string, aliasList []string, user bool, up upstreamFlags) (*config.Config, error) {
+func writeSetupConfig(path, addr, password string, aliasList []string, user bool, up upstreamFlags, inKeyring bool) (*config.Config, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	pwFile := filepath.Join(filepath.Dir(path), "password")
-	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
-		return nil, err
+	source := "password_keyring = true"
+	if !inKeyring {
+		pwFile := filepath.Join(filepath.Dir(path), "password")
+		if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+		os.Chmod(pwFile, 0o600) // an existing file keeps its mode on WriteFile
+		source = fmt.Sprintf("password_file = %q", pwFile)
 	}
-	os.Chmod(pwFile, 0o600) // an existing file keeps its mode on WriteFile
 	paths := config.DefaultPaths(user)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Written by icloud-relay setup. Every option: config.example.toml.\n\n")
-	fmt.Fprintf(&b, "[upstream]\nusername = %q\npassword_file = %q\n", addr, pwFile)
+	fmt.Fprintf(&b, "[upstream]\nusername = %q\n%s\n", addr, source)
 	if up.host != "" {
 		fmt.Fprintf(&b, "host = %q\n", up.host)
 	}
