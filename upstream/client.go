@@ -212,12 +212,19 @@ func (c *Client) sendOn(s *session, m *Message) (*Result, error) {
 }
 
 // stale reports a reused connection that turned out dead at MAIL FROM,
-// before anything of the message was sent: safe to retry on a new one.
+// before anything of the message was sent: closed, or closing with a 421
+// (as servers say when they end an idle connection). Safe to retry on a
+// new connection.
 func stale(err error) bool {
 	var e *Error
+	if !errors.As(err, &e) || e.Stage != StageMail || e.Err == nil {
+		return false
+	}
 	var se *smtp.SMTPError
-	return errors.As(err, &e) && e.Stage == StageMail && e.Err != nil && !errors.As(e.Err, &se) && e.Code == 0 &&
-		!strings.HasPrefix(e.Text, "the message needs")
+	if errors.As(e.Err, &se) {
+		return se.Code == 421
+	}
+	return true
 }
 
 // Probe checks cheaply that the upstream answers: connect, TLS where the
