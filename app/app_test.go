@@ -104,14 +104,7 @@ func newEnvWith(t *testing.T, opts upstreamtest.Options, extra string) *env {
 		t.Fatal(err)
 	}
 	e.cfg = e.config(fmt.Sprintf(`
-[upstream]
-host = %q
-starttls_port = %d
-tls_port = %d
-username = %q
-password = %q
-ca_file = %q
-helo_name = "relay-test.example"
+%shelo_name = "relay-test.example"
 connect_timeout = "2s"
 timeout = "2s"
 [queue]
@@ -124,7 +117,7 @@ retry_max = "1s"
 probe_interval = "100ms"
 sync_window = "5s"
 %s
-`, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), testPassword, ca, filepath.Join(e.dir, "queue"), extra))
+`, s.UpstreamTOML("", ca), filepath.Join(e.dir, "queue"), extra))
 	e.start()
 	t.Cleanup(func() {
 		if strings.Contains(e.logs.String(), testPassword) {

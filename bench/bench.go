@@ -229,21 +229,14 @@ func startRelay(ctx context.Context, o Options, s *upstreamtest.Server, dir, ca 
 	ln.Close()
 	cfg := fmt.Sprintf(`[listen]
 addr = %q
-[upstream]
-host = %q
-starttls_port = %d
-tls_port = %d
-username = %q
-password = %q
-ca_file = %q
-[queue]
+%s[queue]
 dir = %q
 [delivery]
 sync_window = %q
 [log]
 level = "warn"
 format = "json"
-`, addr, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), s.Password(), ca, filepath.Join(dir, "queue"), o.SyncWindow)
+`, addr, s.UpstreamTOML("", ca), filepath.Join(dir, "queue"), o.SyncWindow)
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err

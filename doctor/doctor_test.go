@@ -36,18 +36,11 @@ func setup(t *testing.T, relay bool, extra string) *fixture {
 	ca, _ := s.WriteCA(dir)
 	text := fmt.Sprintf(`[listen]
 addr = "127.0.0.1:0"
-[upstream]
-host = %q
-starttls_port = %d
-tls_port = %d
-username = %q
-password = %q
-ca_file = %q
-connect_timeout = "2s"
+%sconnect_timeout = "2s"
 timeout = "1s"
 [queue]
 dir = %q
-%s`, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), s.Password(), ca, filepath.Join(dir, "queue"), extra)
+%s`, s.UpstreamTOML("", ca), filepath.Join(dir, "queue"), extra)
 	path := filepath.Join(dir, "config.toml")
 	os.WriteFile(path, []byte(text), 0o600)
 	cfg, err := config.Load(path)

@@ -123,14 +123,7 @@ func writeConfigAt(t *testing.T, s *upstreamtest.Server, dir, password, listen, 
 	}
 	cfg := fmt.Sprintf(`[listen]
 addr = %q
-[upstream]
-host = %q
-starttls_port = %d
-tls_port = %d
-username = %q
-password = %q
-ca_file = %q
-helo_name = "relay-proc.example"
+%shelo_name = "relay-proc.example"
 connect_timeout = "2s"
 timeout = "2s"
 [queue]
@@ -139,7 +132,7 @@ dir = %q
 format = "json"
 level = "debug"
 %s
-`, listen, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), password, ca, filepath.Join(dir, "queue"), delivery, extra)
+`, listen, s.UpstreamTOML(password, ca), filepath.Join(dir, "queue"), delivery, extra)
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

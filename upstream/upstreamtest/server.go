@@ -192,6 +192,17 @@ func (s *Server) WriteCA(dir string) (string, error) {
 	return p, os.WriteFile(p, s.CA.PEM, 0o644)
 }
 
+// UpstreamTOML returns the [upstream] section of an icloud-relay config
+// that points at the stand-in; password "" means the account's own, and
+// caFile is what WriteCA returned. More upstream keys may follow it.
+func (s *Server) UpstreamTOML(password, caFile string) string {
+	if password == "" {
+		password = s.opts.Password
+	}
+	return fmt.Sprintf("[upstream]\nhost = %q\nstarttls_port = %d\ntls_port = %d\nusername = %q\npassword = %q\nca_file = %q\n",
+		s.Host, s.StartTLSPort, s.TLSPort, s.opts.Username, password, caFile)
+}
+
 // Close stops the stand-in.
 func (s *Server) Close() error {
 	return s.smtp.Close() // closes the gates too
