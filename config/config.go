@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -246,9 +247,26 @@ func decodeError(err error, file string) error {
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
 		row, _ := de.Position()
-		return &KeyError{File: file, Line: row, Key: strings.Join(de.Key(), "."), Msg: de.Error()}
+		return &KeyError{File: file, Line: row, Key: strings.Join(de.Key(), "."), Msg: plainDecodeError(de.Error())}
 	}
 	return &KeyError{File: file, Msg: err.Error()}
+}
+
+var typeMismatch = regexp.MustCompile(`cannot decode TOML (\w+) into struct field \S+ of type (\S+)`)
+
+// plainDecodeError words go-toml's type errors for people, not Go programmers.
+func plainDecodeError(msg string) string {
+	m := typeMismatch.FindStringSubmatch(msg)
+	if m == nil {
+		return strings.TrimPrefix(msg, "toml: ")
+	}
+	want := map[string]string{"int": "a whole number", "bool": "true or false", "string": "a string in quotes",
+		"[]string": "a list of strings, like [\"a\", \"b\"]", "config.Duration": "a duration in quotes, like \"30s\"",
+		"config.Size": "a size, like 20971520 or \"20MiB\"", "config.Secret": "a string in quotes"}[m[2]]
+	if want == "" {
+		want = "of another type"
+	}
+	return fmt.Sprintf("the value is a TOML %s, but it must be %s", m[1], want)
 }
 
 // keyLines maps each dotted key in the document to the line it is set on, so
@@ -479,8 +497,12 @@ func (c *Config) resolvePassword() *KeyError {
 }
 
 func positive(bad func(string, string, ...any), key string, d Duration) {
-	if d <= 0 {
+	switch {
+	case d <= 0:
 		bad(key, "must be a positive duration such as \"30s\" or \"5m\"")
+	case d < Duration(time.Millisecond):
+		// A bare TOML number lands here as nanoseconds.
+		bad(key, "needs a unit: write it as a string such as \"30s\" or \"5m\"")
 	}
 }
 

@@ -54,6 +54,8 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"bad size", minimal + "[listen]\nmax_message_size = \"huge\"\n", "c.toml:6"},
 		{"syntax", "[upstream\n", "c.toml:1"},
 		{"same ports", minimal + "tls_port = 587\n", "upstream.tls_port: must differ"},
+		{"wrong type", minimal + "starttls_port = \"abc\"\n", "c.toml:5: upstream.starttls_port: the value is a TOML string, but it must be a whole number"},
+		{"bare number duration", minimal + "[delivery]\nretry_min = 30\n", "c.toml:6: delivery.retry_min: needs a unit"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -249,6 +249,7 @@ func benchCmd(args []string) int {
 
 func versionCmd(args []string) int {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprintln(os.Stderr, "Usage: icloud-relay version\n\nPrints the version.") }
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
