@@ -231,7 +231,7 @@ func remedy(e *Error) string {
 		return "Apple refused the login: use an app-specific password (appleid.apple.com → Sign-In and Security → App-Specific Passwords), not your Apple Account password; two-factor authentication must be on; upstream.username must be the full address, e.g. name@icloud.com."
 	case StageMail:
 		if e.Code == 550 || e.Code == 553 || e.Code == 554 {
-			return "iCloud refused the sender address: send from your iCloud address or one of its aliases (set the client's From address), or enable sender rewriting."
+			return "iCloud refused the sender address: send from your iCloud address or one of its aliases; check that every address in sender.aliases really is an alias of this account, or set sender.rewrite to \"envelope\" or \"header\"."
 		}
 		if e.Code == 552 {
 			return "The message is larger than iCloud accepts (about 20 MB): send the attachment another way, e.g. as a link."
