@@ -106,14 +106,18 @@ func New(cfg Config) *Client {
 }
 
 // LoadRoots returns the system's trusted roots plus the PEM certificates in
-// caFile, if one is given.
+// caFile.
+//
+// With no caFile it returns nil, which crypto/tls reads as "the system's
+// roots": the same trust, loaded when first needed rather than held by an
+// idle relay that has not yet connected anywhere.
 func LoadRoots(caFile string) (*x509.CertPool, error) {
+	if caFile == "" {
+		return nil, nil
+	}
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()
-	}
-	if caFile == "" {
-		return pool, nil
 	}
 	pem, err := os.ReadFile(caFile)
 	if err != nil {
