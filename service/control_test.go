@@ -1,0 +1,47 @@
+package service
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	kservice "github.com/kardianos/service"
+)
+
+func TestFailuresSayWhatToDo(t *testing.T) {
+	cases := []struct {
+		err  error
+		want error
+	}{
+		{kservice.ErrNoServiceSystemDetected, ErrNoManager},
+		{errors.New(`exec: "systemctl": executable file not found in $PATH`), ErrNoManager},
+		{errors.New("System has not been booted with systemd as init system (PID 1). Can't operate."), ErrNoManager},
+		{errors.New("Failed to connect to bus: No such file or directory"), ErrNoManager},
+		{&os.PathError{Op: "open", Path: "/etc/systemd/system/icloud-relay.service", Err: os.ErrPermission}, ErrNeedAdmin},
+		{errors.New("Access is denied."), ErrNeedAdmin},
+		{errors.New("Interactive authentication required: Operation not permitted"), ErrNeedAdmin},
+	}
+	for _, c := range cases {
+		if got := classify(c.err); !errors.Is(got, c.want) {
+			t.Errorf("%v: got %v, want %v", c.err, got, c.want)
+		}
+	}
+	other := errors.New("something else")
+	if classify(other) != other {
+		t.Error("unknown errors must pass through unchanged")
+	}
+}
+
+func TestDefinitionRunsTheRelayWithAnAbsoluteConfig(t *testing.T) {
+	c, err := Definition{ConfigPath: "relative/config.toml", User: true}.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Arguments) != 3 || c.Arguments[0] != "run" || c.Arguments[1] != "--config" || !filepath.IsAbs(c.Arguments[2]) {
+		t.Fatalf("arguments %v: the service manager's working directory is not ours", c.Arguments)
+	}
+	if c.Option["UserService"] != true || c.Executable == "" {
+		t.Fatalf("config %+v", c)
+	}
+}
