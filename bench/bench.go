@@ -233,6 +233,7 @@ addr = %q
 dir = %q
 [delivery]
 sync_window = %q
+daily_limit = 0
 [log]
 level = "warn"
 format = "json"

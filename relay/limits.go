@@ -23,7 +23,14 @@ const (
 type sendCounter struct {
 	Buckets map[int64][2]int `json:"buckets"` // bucket start (unix) → messages, recipients
 	warned  int              // the highest warning level already logged
+	savedAt time.Time        // last write to disk
+	dirty   bool
 }
+
+// saveEvery bounds how often the counter is written: it is advice, not
+// mail, and two fsyncs per delivered message would halve the throughput.
+// A crash loses at most this much counting.
+const saveEvery = 10 * time.Second
 
 func (c *sendCounter) prune(now time.Time) {
 	for k := range c.Buckets {
@@ -87,8 +94,8 @@ func (s *Scheduler) countSent(rcpts int) {
 	s.mu.Lock()
 	now := time.Now()
 	s.sent.add(now, rcpts)
+	s.sent.dirty = true
 	msgs, total := s.sent.totals(now)
-	b, _ := json.Marshal(&s.sent)
 	level := 0
 	if limit := s.pol.DailyLimit; limit > 0 {
 		for _, pct := range []int{80, 95, 100} {
@@ -101,14 +108,30 @@ func (s *Scheduler) countSent(rcpts int) {
 	if warn {
 		s.sent.warned = level
 	}
+	save := warn || now.Sub(s.sent.savedAt) >= saveEvery
 	s.mu.Unlock()
-	if err := s.q.SaveState(stateFile, b); err != nil {
-		s.log.Warn().Err(err).Str("stage", "queue").Msg("cannot save the sending counter")
+	if save {
+		s.saveCounter()
 	}
 	if warn {
 		s.log.Warn().Int("sent_today", msgs).Int("recipients_today", total).Int("daily_limit", s.pol.DailyLimit).
 			Str("remedy", "iCloud allows about 1,000 messages and 1,000 recipients a day; beyond that it refuses mail until the day rolls over. Spread large mailings over several days.").
 			Msgf("%d%% of iCloud's daily sending limit used in the last 24 hours", level)
+	}
+}
+
+// saveCounter writes the sending counter if it changed since the last write.
+func (s *Scheduler) saveCounter() {
+	s.mu.Lock()
+	if !s.sent.dirty {
+		s.mu.Unlock()
+		return
+	}
+	b, _ := json.Marshal(&s.sent)
+	s.sent.dirty, s.sent.savedAt = false, time.Now()
+	s.mu.Unlock()
+	if err := s.q.SaveState(stateFile, b); err != nil {
+		s.log.Warn().Err(err).Str("stage", "queue").Msg("cannot save the sending counter")
 	}
 }
 

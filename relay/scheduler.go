@@ -90,8 +90,12 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	return nil
 }
 
-// Wait blocks until the workers have stopped (after ctx ends).
-func (s *Scheduler) Wait() { s.wg.Wait() }
+// Wait blocks until the workers have stopped (after ctx ends), then saves
+// the sending counter.
+func (s *Scheduler) Wait() {
+	s.wg.Wait()
+	s.saveCounter()
+}
 
 // Len returns the number of messages waiting for delivery.
 func (s *Scheduler) Len() int {
