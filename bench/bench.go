@@ -111,7 +111,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		}
 		s.WaitMessages(n+1, time.Minute)
 		if before > 0 {
-			rep.BigGrowth = rssOf(relay.cmd.Process.Pid, "VmHWM") - before
+			rep.BigGrowth = max(rssOf(relay.cmd.Process.Pid, "VmHWM")-before, 0)
 			rep.BigDone = true
 		}
 	}
