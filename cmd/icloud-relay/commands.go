@@ -125,6 +125,19 @@ func loadConfig(path string) (*config.Config, bool) {
 	return cfg, true
 }
 
+// flagsAndConfig parses args and loads the config they name; with a nil
+// config it returns the exit code to end with (help, bad flags, bad config).
+func flagsAndConfig(fs *flag.FlagSet, args []string, cfgPath *string) (*config.Config, int) {
+	if code, ok := parseFlags(fs, args); !ok {
+		return nil, code
+	}
+	cfg, ok := loadConfig(*cfgPath)
+	if !ok {
+		return nil, exitUsage
+	}
+	return cfg, exitOK
+}
+
 func runCmd(args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cfgPath := configFlag(fs)
@@ -132,12 +145,9 @@ func runCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "Usage: icloud-relay run [--config FILE]\n\nRelays mail in the foreground until SIGINT or SIGTERM.")
 		fs.PrintDefaults()
 	}
-	if code, ok := parseFlags(fs, args); !ok {
+	cfg, code := flagsAndConfig(fs, args, cfgPath)
+	if cfg == nil {
 		return code
-	}
-	cfg, ok := loadConfig(*cfgPath)
-	if !ok {
-		return exitUsage
 	}
 	if cfg.Log.File == "" && !service.Interactive() {
 		// Under a service manager stderr may go nowhere (Windows): log to the
@@ -170,12 +180,9 @@ func doctorCmd(args []string) int {
 			"Exit code 0 when mail can flow, 1 otherwise, 2 for a config error.")
 		fs.PrintDefaults()
 	}
-	if code, ok := parseFlags(fs, args); !ok {
+	cfg, code := flagsAndConfig(fs, args, cfgPath)
+	if cfg == nil {
 		return code
-	}
-	cfg, ok := loadConfig(*cfgPath)
-	if !ok {
-		return exitUsage
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

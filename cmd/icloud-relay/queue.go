@@ -161,21 +161,30 @@ func toEntry(m *queue.Message, active bool) entry {
 	return e
 }
 
+// listing turns msgs into entries and prints them as JSON, or says empty
+// when there are none; it returns the entries still to print as text.
+func (o *output) listing(msgs []*queue.Message, active bool, empty string) []entry {
+	entries := []entry{}
+	for _, m := range msgs {
+		entries = append(entries, toEntry(m, active))
+	}
+	switch {
+	case o.json:
+		o.encode(entries)
+		return nil
+	case len(entries) == 0:
+		fmt.Fprintln(o.w, empty)
+	}
+	return entries
+}
+
 func listQueue(q *control.Queue, o *output) error {
 	msgs, err := q.Active()
 	if err != nil {
 		return err
 	}
-	entries := []entry{}
-	for _, m := range msgs {
-		entries = append(entries, toEntry(m, true))
-	}
-	if o.json {
-		o.encode(entries)
-		return nil
-	}
+	entries := o.listing(msgs, true, "The queue is empty.")
 	if len(entries) == 0 {
-		fmt.Fprintln(o.w, "The queue is empty.")
 		return nil
 	}
 	tw := tabwriter.NewWriter(o.w, 0, 4, 2, ' ', 0)
@@ -199,19 +208,7 @@ func listFailed(q *control.Queue, o *output) error {
 	if err != nil {
 		return err
 	}
-	entries := []entry{}
-	for _, m := range msgs {
-		entries = append(entries, toEntry(m, false))
-	}
-	if o.json {
-		o.encode(entries)
-		return nil
-	}
-	if len(entries) == 0 {
-		fmt.Fprintln(o.w, "No failed messages.")
-		return nil
-	}
-	for _, e := range entries {
+	for _, e := range o.listing(msgs, false, "No failed messages.") {
 		fmt.Fprintf(o.w, "%s  from %s to %s, %s, %d attempts\n", e.ID, e.From, rcptList(e.Rcpts, queue.Failed), size(e.Size), e.Attempts)
 		if f := e.Final; f != nil {
 			fmt.Fprintf(o.w, "  failed %s at %s: %s\n", f.Time.Local().Format(time.DateTime), describeStage(f), f.Text)
