@@ -26,7 +26,7 @@ func FuzzFixMessage(f *testing.F) {
 	f.Add("DKIM-Signature: v=1\r\nFrom: x@y\r\n\r\n", "off")
 	f.Add("From: \"unterminated <x@y\r\n folded\r\n\r\n", "header")
 	f.Fuzz(func(t *testing.T, msg, mode string) {
-		r, _, err := fixMessage(strings.NewReader(msg), intake{id: "ID", helo: "h", client: "c", by: "b", received: true,
+		r, _, err := fixMessage(newIntakeBuffers(), strings.NewReader(msg), intake{id: "ID", helo: "h", client: "c", by: "b", received: true,
 			policy: SenderPolicy{Address: "me@icloud.com", Mode: mode}, now: time.Unix(0, 0)})
 		if err != nil {
 			return

@@ -87,16 +87,80 @@ type edits struct {
 	signedKept     bool // a DKIM-signed message whose From was left alone
 }
 
+// intakeBuffers are the buffers one incoming message passes through. The
+// server pools them: a fresh set per message would be ~100 KiB of garbage,
+// and the collector's work would show in every message's cost.
+type intakeBuffers struct {
+	in   *bufio.Reader // the client's data, with look-ahead for crlfReader
+	crlf crlfReader
+	br   *bufio.Reader // reads the header block a line at a time
+	raw  bytes.Buffer  // the header block as received
+	head bytes.Buffer  // the header block as it will be stored
+}
+
+func newIntakeBuffers() *intakeBuffers {
+	b := &intakeBuffers{in: bufio.NewReader(nil)}
+	b.br = bufio.NewReaderSize(&b.crlf, 32<<10)
+	return b
+}
+
+// fixedMessage is a message after the fix-ups: the rewritten header block,
+// then the rest of the client's data, streamed.
+type fixedMessage struct {
+	b    *intakeBuffers
+	head []byte // not yet read
+}
+
+func (f *fixedMessage) Read(p []byte) (int, error) {
+	if len(f.head) > 0 {
+		n := copy(p, f.head)
+		f.head = f.head[n:]
+		return n, nil
+	}
+	return f.b.br.Read(p)
+}
+
+// WriteTo streams the message into w without an intermediate copy buffer
+// (io.Copy would allocate one per message).
+func (f *fixedMessage) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	if len(f.head) > 0 {
+		n, err := w.Write(f.head)
+		total += int64(n)
+		f.head = f.head[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	if k := f.b.br.Buffered(); k > 0 {
+		buffered, _ := f.b.br.Peek(k)
+		n, err := w.Write(buffered)
+		f.b.br.Discard(n)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	n, err := f.b.crlf.WriteTo(w)
+	return total + n, err
+}
+
 // fixMessage returns the message with bare LF line endings turned into CRLF
 // and the header fixes applied: a Received trace header; Date and
 // Message-ID when missing; and, in header mode, a From that iCloud will
 // accept (display name kept; the original address into Reply-To when there
 // is none). Only the header block is held in memory; the body streams.
-func fixMessage(r io.Reader, in intake) (io.Reader, *edits, error) {
+//
+// b must not be in use by another message until the result is consumed.
+func fixMessage(b *intakeBuffers, r io.Reader, in intake) (*fixedMessage, *edits, error) {
 	// go-smtp already undid the dot-stuffing of the first line.
-	br := bufio.NewReaderSize(&crlfReader{r: bufio.NewReader(r)}, 64<<10)
+	b.in.Reset(r)
+	b.crlf.reset(b.in)
+	b.br.Reset(&b.crlf)
+	b.raw.Reset()
+	b.head.Reset()
+	br, raw, out := b.br, &b.raw, &b.head
 	var fields []string
-	var raw bytes.Buffer
 	complete := false
 read:
 	for raw.Len() <= maxHeaderBlock {
@@ -121,15 +185,14 @@ read:
 		break
 	}
 	ed := &edits{}
-	var out bytes.Buffer
 	if in.received {
-		fmt.Fprintf(&out, "Received: from %s (%s)\r\n\tby %s (icloud-relay) with ESMTP id %s;\r\n\t%s\r\n",
+		fmt.Fprintf(out, "Received: from %s (%s)\r\n\tby %s (icloud-relay) with ESMTP id %s;\r\n\t%s\r\n",
 			sanitize(in.helo), sanitize(in.client), sanitize(in.by), in.id, in.now.Format(time.RFC1123Z))
 	}
 	if !complete {
 		// No recognisable header block: add nothing else, change nothing.
 		out.Write(raw.Bytes())
-		return io.MultiReader(&out, br), ed, nil
+		return &fixedMessage{b: b, head: out.Bytes()}, ed, nil
 	}
 	has := func(name string) bool {
 		for _, f := range fields {
@@ -158,15 +221,15 @@ read:
 		out.WriteString(f)
 	}
 	if !has("date") {
-		fmt.Fprintf(&out, "Date: %s\r\n", in.now.Format(time.RFC1123Z))
+		fmt.Fprintf(out, "Date: %s\r\n", in.now.Format(time.RFC1123Z))
 		ed.addedDate = true
 	}
 	if !has("message-id") {
-		fmt.Fprintf(&out, "Message-ID: <%s.%s@%s>\r\n", in.now.UTC().Format("20060102150405"), randomHex(6), domainOf(in.policy.Address))
+		fmt.Fprintf(out, "Message-ID: <%s.%s@%s>\r\n", in.now.UTC().Format("20060102150405"), randomHex(6), domainOf(in.policy.Address))
 		ed.addedMessageID = true
 	}
 	out.WriteString("\r\n")
-	return io.MultiReader(&out, br), ed, nil
+	return &fixedMessage{b: b, head: out.Bytes()}, ed, nil
 }
 
 // isFieldLine reports a "Name: value" header line.
@@ -239,6 +302,30 @@ type crlfReader struct {
 	raw    [32 << 10]byte
 	buf    []byte
 	out    []byte
+}
+
+func (c *crlfReader) reset(r *bufio.Reader) {
+	c.r, c.prevCR, c.bol, c.out = r, false, false, nil
+}
+
+// WriteTo hands each converted chunk straight to w.
+func (c *crlfReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		if len(c.out) > 0 {
+			n, err := w.Write(c.out)
+			total += int64(n)
+			c.out = c.out[n:]
+			if err != nil {
+				return total, err
+			}
+		}
+		if err := c.fill(); err == io.EOF {
+			return total, nil
+		} else if err != nil {
+			return total, err
+		}
+	}
 }
 
 func (c *crlfReader) Read(p []byte) (int, error) {

@@ -15,7 +15,7 @@ func fix(t *testing.T, in string, mode string, received bool) (string, *edits) {
 	t.Helper()
 	p := policy
 	p.Mode = mode
-	r, ed, err := fixMessage(strings.NewReader(in), intake{id: "ID1", helo: "printer.lan", client: "127.0.0.1", by: "relay.local",
+	r, ed, err := fixMessage(newIntakeBuffers(), strings.NewReader(in), intake{id: "ID1", helo: "printer.lan", client: "127.0.0.1", by: "relay.local",
 		received: received, policy: p, now: time.Date(2026, 11, 22, 1, 2, 3, 0, time.UTC)})
 	if err != nil {
 		t.Fatal(err)

@@ -64,6 +64,7 @@ type Server struct {
 	sessions map[*session]struct{}
 	failures map[string]*authFailures // by client IP
 	conns    atomic.Int64
+	intake   sync.Pool // *intakeBuffers
 }
 
 // authFailures counts a client address's refused local logins.
@@ -88,6 +89,7 @@ func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.L
 		cfg.MaxMessageSize -= headerReserve
 	}
 	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}, failures: map[string]*authFailures{}}
+	s.intake.New = func() any { return newIntakeBuffers() }
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = cfg.TLS
@@ -333,11 +335,14 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	host, _, _ := net.SplitHostPort(ss.remote)
 	eight := &eightBitReader{r: r}
-	fixed, ed, err := fixMessage(eight, intake{id: m.ID, helo: ss.helo, client: host, by: s.cfg.Hostname,
+	bufs := s.intake.Get().(*intakeBuffers)
+	fixed, ed, err := fixMessage(bufs, eight, intake{id: m.ID, helo: ss.helo, client: host, by: s.cfg.Hostname,
 		received: s.cfg.ReceivedHeader, policy: s.cfg.Sender, now: time.Now()})
 	if err == nil {
 		err = s.q.Enqueue(m, fixed)
 	}
+	bufs.in.Reset(nil) // hold no reference to this client while pooled
+	s.intake.Put(bufs)
 	if err != nil {
 		if errors.Is(err, smtp.ErrDataTooLarge) {
 			s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.cfg.MaxMessageSize).Msg("message refused: too large")

@@ -10,6 +10,8 @@
 package upstream
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -184,7 +186,7 @@ func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
 	for s := c.take(ctx); s != nil; s = c.take(ctx) {
 		// RSET only after a failed transaction: a completed one leaves the
 		// server ready, and a round trip per message is not free.
-		if s.dirty && s.client.Reset() != nil {
+		if s.dirty && s.cmd(250, "RSET") != nil {
 			s.close() // closed by the server while idle: try another
 			continue
 		}
@@ -299,7 +301,13 @@ type session struct {
 	raw    net.Conn
 	client *smtp.Client
 	tls    *tls.Conn
-	stop   func() bool
+	// After login the transactions are this package's own (go-smtp's
+	// client does not pipeline): replies are read from r, commands and
+	// data buffered in w; buf is the data copy buffer.
+	r    *textproto.Reader
+	w    *bufio.Writer
+	buf  []byte
+	stop func() bool
 	// healthy sessions end with QUIT; after a failure the server may be
 	// hung, so the connection is just closed.
 	healthy   bool
@@ -309,8 +317,8 @@ type session struct {
 }
 
 func (s *session) close() {
-	if s.healthy && s.client != nil {
-		s.client.Quit()
+	if s.healthy && s.w != nil {
+		s.cmd(221, "QUIT")
 	}
 	s.stop()
 	s.raw.Close()
@@ -365,6 +373,8 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 		c.trace(StageEHLO, port, "EHLO %s accepted", c.cfg.HeloName)
 	}
 	s.tls = tlsConn
+	s.r = textproto.NewReader(bufio.NewReader(tlsConn))
+	s.w = bufio.NewWriterSize(tlsConn, 16<<10) // one TLS record per flush of a full buffer
 	if !full {
 		return s, nil
 	}
@@ -475,6 +485,10 @@ func (c *Client) auth(client *smtp.Client) error {
 	return eofMeansClosed(client.Auth(a))
 }
 
+// send runs one mail transaction. When the server offers PIPELINING
+// (RFC 2920), MAIL, every RCPT and DATA go out together, and the message
+// costs two round trips instead of three plus one per recipient; the
+// replies are read in order either way, so there is one code path.
 func (s *session) send(m *Message) (*Result, error) {
 	res := &Result{Port: s.port, Refused: map[string]*Error{}}
 	if len(m.To) == 0 {
@@ -491,19 +505,53 @@ func (s *session) send(m *Message) (*Result, error) {
 				Remedy: "Send the message with a client that encodes it for 7-bit transport (quoted-printable or base64) and ASCII addresses."}
 		}
 	}
-	opts := &smtp.MailOptions{Size: m.Size, UTF8: m.UTF8}
-	if err := s.client.Mail(m.From, opts); err != nil {
-		return res, newError(StageMail, s.port, eofMeansClosed(err))
+	for _, a := range append([]string{m.From}, m.To...) {
+		if strings.ContainsAny(a, "\r\n") {
+			return res, &Error{Stage: StageMail, Port: s.port, Text: fmt.Sprintf("address %q contains a line break", a),
+				Remedy: "The sending program passed a malformed address; fix its configuration."}
+		}
+	}
+	pipelined, _ := s.client.Extension("PIPELINING")
+	// Commands are only flushed before a reply is awaited; pipelined,
+	// that is once for MAIL, RCPT... and DATA together.
+	send := func(format string, args ...any) {
+		fmt.Fprintf(s.w, format+"\r\n", args...)
+		if !pipelined {
+			s.w.Flush()
+		}
+	}
+	read := func(expect int) error {
+		if err := s.w.Flush(); err != nil {
+			return err
+		}
+		return s.reply(expect)
+	}
+
+	send("MAIL FROM:<%s>%s", m.From, s.mailParams(m))
+	if pipelined {
+		for _, rcpt := range m.To {
+			send("RCPT TO:<%s>", rcpt)
+		}
+		send("DATA")
+	}
+	if err := read(250); err != nil {
+		mailErr := newError(StageMail, s.port, eofMeansClosed(err))
+		if pipelined && isReply(err) {
+			s.drain(len(m.To))
+		}
+		return res, mailErr
 	}
 	s.c.trace(StageMail, s.port, "sender <%s> accepted", m.From)
 	var firstRefusal *Error
 	for _, rcpt := range m.To {
-		err := s.client.Rcpt(rcpt, nil)
-		var se *smtp.SMTPError
+		if !pipelined {
+			send("RCPT TO:<%s>", rcpt)
+		}
+		err := read(25)
 		switch {
 		case err == nil:
 			s.c.trace(StageRcpt, s.port, "recipient <%s> accepted", rcpt)
-		case errors.As(err, &se):
+		case isReply(err):
 			e := newError(StageRcpt, s.port, err)
 			res.Refused[rcpt] = e
 			if firstRefusal == nil {
@@ -514,22 +562,169 @@ func (s *session) send(m *Message) (*Result, error) {
 			return res, newError(StageRcpt, s.port, eofMeansClosed(err))
 		}
 	}
-	if len(res.Refused) == len(m.To) {
+	allRefused := len(res.Refused) == len(m.To)
+	if allRefused && !pipelined {
 		return res, firstRefusal
 	}
-	w, err := s.client.Data()
-	if err != nil {
+	if !pipelined {
+		send("DATA")
+	}
+	if err := read(354); err != nil {
+		if allRefused && isReply(err) {
+			return res, firstRefusal
+		}
 		return res, newError(StageData, s.port, eofMeansClosed(err))
 	}
-	n, err := io.Copy(w, m.Body)
+	if allRefused {
+		// A server that says 354 with no recipient left gets an empty
+		// message, which it must refuse (RFC 2920, section 3.1).
+		s.w.WriteString(".\r\n")
+		read(250)
+		return res, firstRefusal
+	}
+	if s.buf == nil {
+		s.buf = make([]byte, 16<<10)
+	}
+	d := &dotWriter{w: s.w, last: '\n'}
+	n, err := d.copyFrom(m.Body, s.buf)
+	if err == nil {
+		err = d.close()
+	}
 	if err != nil {
 		return res, newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", n, eofMeansClosed(err)))
 	}
-	if err := w.Close(); err != nil {
+	if err := s.reply(250); err != nil {
 		return res, newError(StageData, s.port, eofMeansClosed(err))
 	}
 	s.c.trace(StageData, s.port, "message accepted (%d bytes)", n)
 	return res, nil
+}
+
+// mailParams are the MAIL FROM parameters the server offers and m needs.
+func (s *session) mailParams(m *Message) string {
+	var p strings.Builder
+	if ok, _ := s.client.Extension("8BITMIME"); ok {
+		p.WriteString(" BODY=8BITMIME")
+	}
+	if ok, _ := s.client.Extension("SIZE"); ok && m.Size > 0 {
+		fmt.Fprintf(&p, " SIZE=%d", m.Size)
+	}
+	if m.UTF8 {
+		p.WriteString(" SMTPUTF8")
+	}
+	return p.String()
+}
+
+// cmd sends one command and reads its reply.
+func (s *session) cmd(expect int, format string, args ...any) error {
+	fmt.Fprintf(s.w, format+"\r\n", args...)
+	if err := s.w.Flush(); err != nil {
+		return err
+	}
+	return s.reply(expect)
+}
+
+// reply reads one reply; a reply other than expect (a code or its first
+// digits) is an *smtp.SMTPError.
+func (s *session) reply(expect int) error {
+	_, _, err := s.r.ReadResponse(expect)
+	var pe *textproto.Error
+	if errors.As(err, &pe) {
+		se := &smtp.SMTPError{Code: pe.Code, Message: pe.Msg}
+		if first, rest, ok := strings.Cut(pe.Msg, " "); ok {
+			if ec, ok := parseEnhanced(first); ok {
+				se.EnhancedCode, se.Message = ec, rest
+			}
+		}
+		return se
+	}
+	return err
+}
+
+// drain reads the replies to the rest of a pipelined transaction whose
+// MAIL was refused, so the connection is back in step: n RCPT and DATA.
+func (s *session) drain(rcpts int) {
+	for i := 0; i < rcpts; i++ {
+		if err := s.reply(25); err != nil && !isReply(err) {
+			return
+		}
+	}
+	if s.reply(354) == nil {
+		s.w.WriteString(".\r\n")
+		s.w.Flush()
+		s.reply(250)
+	}
+}
+
+// isReply reports an error that is the server's reply, not a broken
+// connection.
+func isReply(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se)
+}
+
+// dotWriter writes message data dot-stuffed (RFC 5321, section 4.5.2) with
+// bare LF made CRLF, a chunk at a time; net/textproto's works a byte at a
+// time, which showed in every message's cost.
+type dotWriter struct {
+	w    *bufio.Writer
+	last byte // the last byte written; '\n' at the start of a line
+}
+
+func (d *dotWriter) copyFrom(r io.Reader, buf []byte) (int64, error) {
+	var total int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			total += int64(n)
+			if werr := d.write(buf[:n]); werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+func (d *dotWriter) write(p []byte) error {
+	for len(p) > 0 {
+		if d.last == '\n' && p[0] == '.' {
+			d.w.WriteByte('.')
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			d.w.Write(p)
+			d.last = p[len(p)-1]
+			break
+		}
+		d.w.Write(p[:i])
+		if prev := d.last; (i > 0 && p[i-1] != '\r') || (i == 0 && prev != '\r') {
+			d.w.WriteByte('\r')
+		}
+		d.w.WriteByte('\n')
+		d.last = '\n'
+		p = p[i+1:]
+	}
+	// bufio.Writer's errors are sticky: one check covers every write.
+	_, err := d.w.Write(nil)
+	return err
+}
+
+// close ends the data with CRLF "." CRLF and sends it.
+func (d *dotWriter) close() error {
+	switch d.last {
+	case '\r':
+		d.w.WriteByte('\n')
+	case '\n':
+	default:
+		d.w.WriteString("\r\n")
+	}
+	d.w.WriteString(".\r\n")
+	return d.w.Flush()
 }
 
 // timeoutConn bounds every read and write by its own deadline. It owns the

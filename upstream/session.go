@@ -34,10 +34,10 @@ func (s *Session) Extension(name string) (bool, string) { return s.s.client.Exte
 // CheckSender asks the server whether it accepts from as sender (MAIL FROM),
 // then resets: nothing is sent.
 func (s *Session) CheckSender(from string) error {
-	if err := s.s.client.Mail(from, nil); err != nil {
+	if err := s.s.cmd(250, "MAIL FROM:<%s>", from); err != nil {
 		return newError(StageMail, s.s.port, eofMeansClosed(err))
 	}
-	if err := s.s.client.Reset(); err != nil {
+	if err := s.s.cmd(250, "RSET"); err != nil {
 		return newError(StageMail, s.s.port, eofMeansClosed(err))
 	}
 	return nil

@@ -1,0 +1,259 @@
+package upstream_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/icloud-relay/icloud-relay/internal/certs"
+	"github.com/icloud-relay/icloud-relay/upstream"
+)
+
+// scripted is a small implicit-TLS SMTP server that watches how the client
+// times its commands: a command sent before the previous reply is a
+// violation unless PIPELINING was offered; with it, MAIL, every RCPT and
+// DATA must arrive together.
+type scripted struct {
+	pipelining bool
+	mailReply  string            // reply to MAIL; "" means 250
+	rcptReply  map[string]string // reply per recipient; absent means 250
+	port       int
+	roots      *x509.CertPool
+
+	mu         sync.Mutex
+	violations []string
+	bodies     []string
+	mails      int
+}
+
+func startScripted(t *testing.T, sc *scripted) {
+	t.Helper()
+	ca, err := certs.NewCA("scripted test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Issue("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.roots = x509.NewCertPool()
+	sc.roots.AppendCertsFromPEM(ca.PEM)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	sc.port = ln.Addr().(*net.TCPAddr).Port
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go sc.serve(c)
+		}
+	}()
+}
+
+func (sc *scripted) violation(format string, args ...any) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.violations = append(sc.violations, fmt.Sprintf(format, args...))
+}
+
+func (sc *scripted) serve(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r, w := bufio.NewReader(c), bufio.NewWriter(c)
+	say := func(lines ...string) {
+		for _, l := range lines {
+			w.WriteString(l + "\r\n")
+		}
+		w.Flush()
+	}
+	say("220 scripted ESMTP")
+	accepted, inMail := 0, false
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimRight(line, "\r\n")
+		verb := strings.ToUpper(strings.Fields(line + " x")[0])
+		more := r.Buffered() > 0 // the client sent more before this reply
+		switch {
+		case verb == "MAIL" && sc.pipelining && !more:
+			sc.violation("MAIL arrived alone although PIPELINING was offered")
+		case verb == "DATA" && sc.pipelining && more:
+			sc.violation("data arrived before the 354")
+		case !sc.pipelining && more:
+			sc.violation("%q was followed by more before its reply, without PIPELINING", line)
+		}
+		switch verb {
+		case "EHLO":
+			ext := []string{"250-scripted", "250-AUTH PLAIN", "250-8BITMIME"}
+			if sc.pipelining {
+				ext = append(ext, "250-PIPELINING")
+			}
+			say(append(ext, "250 SIZE 1000000")...)
+		case "AUTH":
+			say("235 2.7.0 ok")
+		case "MAIL":
+			sc.mu.Lock()
+			sc.mails++
+			sc.mu.Unlock()
+			accepted, inMail = 0, sc.mailReply == ""
+			if !inMail {
+				say(sc.mailReply)
+				continue
+			}
+			say("250 2.1.0 ok")
+		case "RCPT":
+			addr := strings.Trim(line[len("RCPT TO:"):], "<> ")
+			if !inMail {
+				say("503 5.5.1 no MAIL")
+			} else if reply, ok := sc.rcptReply[addr]; ok {
+				say(reply)
+			} else {
+				accepted++
+				say("250 2.1.5 ok")
+			}
+		case "DATA":
+			if accepted == 0 {
+				say("554 5.5.1 no valid recipients")
+				continue
+			}
+			say("354 go ahead")
+			var b strings.Builder
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if l == ".\r\n" {
+					break
+				}
+				b.WriteString(strings.TrimPrefix(l, "."))
+			}
+			sc.mu.Lock()
+			sc.bodies = append(sc.bodies, b.String())
+			sc.mu.Unlock()
+			say("250 2.0.0 queued")
+		case "RSET":
+			accepted, inMail = 0, false
+			say("250 2.0.0 ok")
+		case "QUIT":
+			say("221 2.0.0 bye")
+			return
+		default:
+			say("500 5.5.2 what?")
+		}
+	}
+}
+
+func (sc *scripted) client(t *testing.T) *upstream.Client {
+	// The STARTTLS port refuses at once, so the client uses implicit TLS.
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	return upstream.New(upstream.Config{
+		Host: "127.0.0.1", StartTLSPort: refusing, TLSPort: sc.port, Username: "me@icloud.com", Password: "pw",
+		RootCAs: sc.roots, HeloName: "relay.test", ConnectTimeout: 2 * time.Second, Timeout: 2 * time.Second,
+		ReprobeInterval: time.Hour, MaxIdle: 1, IdleTimeout: time.Minute, MaxMessagesPerConnection: 100,
+	})
+}
+
+func (sc *scripted) check(t *testing.T) {
+	t.Helper()
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	for _, v := range sc.violations {
+		t.Error(v)
+	}
+}
+
+const dotty = "Subject: dots\r\n\r\n.leading dot\r\n..two\r\nbare\nLF\r\n."
+
+func TestTransactionWithAndWithoutPipelining(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			sc := &scripted{pipelining: pipelining, rcptReply: map[string]string{"gone@example.com": "550 5.1.1 no such user"}}
+			startScripted(t, sc)
+			c := sc.client(t)
+			defer c.CloseIdle()
+			for i := 0; i < 3; i++ {
+				res, err := c.Send(context.Background(), &upstream.Message{From: "me@icloud.com",
+					To: []string{"a@example.com", "gone@example.com", "b@example.com"}, Body: strings.NewReader(dotty)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e := res.Refused["gone@example.com"]; len(res.Refused) != 1 || e == nil || e.Code != 550 || e.EnhancedCode != "5.1.1" {
+					t.Fatalf("refusals: %+v", res.Refused)
+				}
+			}
+			sc.check(t)
+			// Dot-stuffing undone by the server gives back the message, with
+			// the bare LF made CRLF and a final CRLF added.
+			want := "Subject: dots\r\n\r\n.leading dot\r\n..two\r\nbare\r\nLF\r\n.\r\n"
+			if len(sc.bodies) != 3 || sc.bodies[0] != want {
+				t.Fatalf("bodies %q, want 3 × %q", sc.bodies, want)
+			}
+			if n := c.Logins(); n != 1 {
+				t.Errorf("%d logins for 3 messages on a reused connection", n)
+			}
+		})
+	}
+}
+
+func TestPipelinedRefusalsLeaveTheConnectionUsable(t *testing.T) {
+	sc := &scripted{pipelining: true, rcptReply: map[string]string{"gone@example.com": "550 5.1.1 no such user"}}
+	startScripted(t, sc)
+	c := sc.client(t)
+	defer c.CloseIdle()
+	send := func(to ...string) (*upstream.Result, error) {
+		return c.Send(context.Background(), &upstream.Message{From: "me@icloud.com", To: to, Body: strings.NewReader(dotty)})
+	}
+	// Every recipient refused: the server refuses DATA, the client reports
+	// the recipient's refusal.
+	_, err := send("gone@example.com")
+	var ue *upstream.Error
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageRcpt || ue.Code != 550 || ue.Temporary {
+		t.Fatalf("all refused: %v", err)
+	}
+	if _, err := send("a@example.com"); err != nil {
+		t.Fatalf("after a refused transaction: %v", err)
+	}
+	// MAIL refused: the replies to RCPT and DATA are read and dropped, and
+	// the connection stays in step.
+	sc.mu.Lock()
+	sc.mailReply = "550 5.7.1 sender not allowed"
+	sc.mu.Unlock()
+	_, err = send("a@example.com", "b@example.com")
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageMail || ue.Code != 550 || ue.EnhancedCode != "5.7.1" {
+		t.Fatalf("MAIL refused: %v", err)
+	}
+	sc.mu.Lock()
+	sc.mailReply = ""
+	sc.mu.Unlock()
+	if _, err := send("a@example.com"); err != nil {
+		t.Fatalf("after a refused MAIL: %v", err)
+	}
+	if n := c.Logins(); n != 1 {
+		t.Errorf("%d logins: refusals should not cost the connection", n)
+	}
+	if len(sc.bodies) != 2 {
+		t.Errorf("%d messages delivered, want 2", len(sc.bodies))
+	}
+	sc.check(t)
+}
