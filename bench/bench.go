@@ -40,6 +40,7 @@ type Options struct {
 	Binary      string // the icloud-relay binary to run as the relay
 	Concurrency []int
 	Messages    int // per concurrency level and mode
+	Rounds      int // the modes alternate in this many rounds per level
 	MessageSize int
 	SyncWindow  string // the relay's delivery.sync_window
 	BigMessage  bool   // also measure RSS with one 20 MiB message
@@ -57,6 +58,7 @@ type Result struct {
 	P50, P99    time.Duration
 	EndToEnd    time.Duration // until the upstream had them all
 	Logins      int
+	CPU         time.Duration // CPU time of the whole run: clients, stand-in and relay
 }
 
 // Report is the whole run.
@@ -95,13 +97,25 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(s.CA.PEM)
 	body := message(o.MessageSize)
+	direct := func() error { return sendDirect(s, pool, body) }
+	viaRelay := func() error { return sendPlain(relay.addr, s.Username(), body) }
+	cpu := func() time.Duration { return cpuOf("self") + cpuOf(strconv.Itoa(relay.cmd.Process.Pid)) }
+	rounds := max(o.Rounds, 1)
 	for _, c := range o.Concurrency {
-		direct := run(o.Messages, c, s, func() error { return sendDirect(s, pool, body) })
-		direct.Mode = "direct"
-		rep.Results = append(rep.Results, direct)
-		viaRelay := run(o.Messages, c, s, func() error { return sendPlain(relay.addr, s.Username(), body) })
-		viaRelay.Mode = "relay"
-		rep.Results = append(rep.Results, viaRelay)
+		// The modes take turns in rounds (direct, relay, relay, direct, ...)
+		// so that a noisy neighbour on a shared machine slows both alike.
+		var d, r sample
+		per := max(o.Messages/rounds, 1)
+		for i := 0; i < rounds; i++ {
+			if i%2 == 0 {
+				d.add(run(per, c, s, direct, cpu))
+				r.add(run(per, c, s, viaRelay, cpu))
+			} else {
+				r.add(run(per, c, s, viaRelay, cpu))
+				d.add(run(per, c, s, direct, cpu))
+			}
+		}
+		rep.Results = append(rep.Results, d.result("direct", c), r.result("relay", c))
 	}
 	if o.BigMessage {
 		before := rssOf(relay.cmd.Process.Pid, "VmHWM")
@@ -119,14 +133,41 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return rep, nil
 }
 
+// sample is what rounds of one mode measured.
+type sample struct {
+	sent, refused, logins int
+	lat                   []time.Duration
+	client, endToEnd      time.Duration
+	cpu                   time.Duration // both processes, client and stand-in included
+}
+
+func (a *sample) add(b sample) {
+	a.sent += b.sent
+	a.refused += b.refused
+	a.logins += b.logins
+	a.lat = append(a.lat, b.lat...)
+	a.client += b.client
+	a.endToEnd += b.endToEnd
+	a.cpu += b.cpu
+}
+
+func (a *sample) result(mode string, c int) Result {
+	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused, EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu}
+	r.Rate = float64(a.sent-a.refused) / a.client.Seconds()
+	sort.Slice(a.lat, func(i, j int) bool { return a.lat[i] < a.lat[j] })
+	if len(a.lat) > 0 {
+		r.P50, r.P99 = a.lat[len(a.lat)/2], a.lat[min(len(a.lat)-1, len(a.lat)*99/100)]
+	}
+	return r
+}
+
 // run sends n messages from c concurrent clients and waits until the
 // stand-in has them.
-func run(n, c int, s *upstreamtest.Server, send func() error) Result {
-	start := time.Now()
+func run(n, c int, s *upstreamtest.Server, send func() error, cpu func() time.Duration) sample {
+	cpu0, start := cpu(), time.Now()
 	base, logins := len(s.Messages()), s.Logins()
 	var mu sync.Mutex
-	var lat []time.Duration
-	refused := 0
+	out := sample{sent: n}
 	jobs := make(chan struct{}, n)
 	for i := 0; i < n; i++ {
 		jobs <- struct{}{}
@@ -143,24 +184,21 @@ func run(n, c int, s *upstreamtest.Server, send func() error) Result {
 				d := time.Since(t)
 				mu.Lock()
 				if err != nil {
-					refused++
+					out.refused++
 				} else {
-					lat = append(lat, d)
+					out.lat = append(out.lat, d)
 				}
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	clientDone := time.Since(start)
-	s.WaitMessages(base+n-refused, 2*time.Minute)
-	r := Result{Concurrency: c, Messages: n, Refused: refused, EndToEnd: time.Since(start), Logins: s.Logins() - logins}
-	r.Rate = float64(n-refused) / clientDone.Seconds()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	if len(lat) > 0 {
-		r.P50, r.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
-	}
-	return r
+	out.client = time.Since(start)
+	s.WaitMessages(base+n-out.refused, 2*time.Minute)
+	out.endToEnd = time.Since(start)
+	out.logins = s.Logins() - logins
+	out.cpu = cpu() - cpu0
+	return out
 }
 
 func message(size int) string {
@@ -291,15 +329,33 @@ func rssOf(pid int, field string) int64 {
 	return 0
 }
 
+// cpuOf reads the CPU time (user and system) a process has used, "self"
+// for this one; 0 where /proc is not available.
+func cpuOf(pid string) time.Duration {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields 14 and 15 (utime, stime) follow the parenthesised command name.
+	_, after, _ := strings.Cut(string(b), ") ")
+	f := strings.Fields(after)
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
+}
+
 func (rep *Report) print(w io.Writer) {
 	fmt.Fprintf(w, "%d CPUs, %s/%s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
-	fmt.Fprintf(w, "%-7s %5s %6s %8s %9s %9s %10s %8s %13s\n", "mode", "conc", "msgs", "msg/s", "p50", "p99", "end-to-end", "refused", "logins/1000")
+	fmt.Fprintf(w, "%-7s %5s %6s %8s %9s %9s %10s %8s %13s %9s\n", "mode", "conc", "msgs", "msg/s", "p50", "p99", "end-to-end", "refused", "logins/1000", "cpu/msg")
 	byKey := map[string]Result{}
 	for _, r := range rep.Results {
 		byKey[fmt.Sprintf("%s/%d", r.Mode, r.Concurrency)] = r
-		fmt.Fprintf(w, "%-7s %5d %6d %8.1f %9s %9s %10s %8d %13.0f\n", r.Mode, r.Concurrency, r.Messages, r.Rate,
+		fmt.Fprintf(w, "%-7s %5d %6d %8.1f %9s %9s %10s %8d %13.0f %9s\n", r.Mode, r.Concurrency, r.Messages, r.Rate,
 			r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.EndToEnd.Round(time.Millisecond), r.Refused,
-			float64(r.Logins)*1000/float64(max(r.Messages, 1)))
+			float64(r.Logins)*1000/float64(max(r.Messages, 1)), (r.CPU / time.Duration(max(r.Messages, 1))).Round(time.Microsecond))
 	}
 	fmt.Fprintln(w, "\nrelay / direct:")
 	for _, r := range rep.Results {
@@ -307,8 +363,12 @@ func (rep *Report) print(w io.Writer) {
 			continue
 		}
 		d := byKey[fmt.Sprintf("direct/%d", r.Concurrency)]
-		fmt.Fprintf(w, "  concurrency %2d: end-to-end throughput %.2fx, client p50 latency %.2fx, client msg/s %.2fx\n", r.Concurrency,
+		fmt.Fprintf(w, "  concurrency %2d: end-to-end throughput %.2fx, client p50 latency %.2fx, client msg/s %.2fx", r.Concurrency,
 			d.EndToEnd.Seconds()/r.EndToEnd.Seconds(), r.P50.Seconds()/d.P50.Seconds(), r.Rate/d.Rate)
+		if d.CPU > 0 {
+			fmt.Fprintf(w, ", CPU per message %.2fx", r.CPU.Seconds()/d.CPU.Seconds())
+		}
+		fmt.Fprintln(w)
 	}
 	if rep.IdleRSS > 0 {
 		fmt.Fprintf(w, "\nrelay idle RSS: %.1f MiB\n", float64(rep.IdleRSS)/(1<<20))

@@ -218,6 +218,7 @@ func demoCmd(args []string) int {
 func benchCmd(args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	n := fs.Int("messages", 1000, "messages per mode and concurrency")
+	rounds := fs.Int("rounds", 4, "the modes take turns in this many rounds per concurrency level")
 	size := fs.Int("size", 4096, "message size in bytes")
 	conc := fs.String("concurrency", "1,8,32", "comma-separated client concurrency levels")
 	sync := fs.String("sync-window", "10s", "the relay's delivery.sync_window")
@@ -246,7 +247,7 @@ func benchCmd(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, MessageSize: *size,
+	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, Rounds: *rounds, MessageSize: *size,
 		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Out: os.Stdout}); err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
