@@ -103,6 +103,10 @@ func newEnvWith(t *testing.T, opts upstreamtest.Options, extra string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	window := "sync_window = \"5s\"\n"
+	if strings.Contains(extra, "sync_window") {
+		window = ""
+	}
 	e.cfg = e.config(fmt.Sprintf(`
 %shelo_name = "relay-test.example"
 connect_timeout = "2s"
@@ -115,9 +119,8 @@ level = "debug"
 retry_min = "200ms"
 retry_max = "1s"
 probe_interval = "100ms"
-sync_window = "5s"
-%s
-`, s.UpstreamTOML("", ca), filepath.Join(e.dir, "queue"), extra))
+%s%s
+`, s.UpstreamTOML("", ca), filepath.Join(e.dir, "queue"), window, extra))
 	e.start()
 	t.Cleanup(func() {
 		if strings.Contains(e.logs.String(), testPassword) {
@@ -500,16 +503,42 @@ func TestSizeLimit(t *testing.T) {
 }
 
 func TestSpoolWriteFailureAnswers451(t *testing.T) {
+	// The message data cannot be written at all.
 	e := newEnv(t, "")
-	tmp := filepath.Join(e.cfg.Queue.Dir, "tmp")
-	os.RemoveAll(tmp)
-	os.WriteFile(tmp, nil, 0o600)
+	active := filepath.Join(e.cfg.Queue.Dir, "active")
+	os.RemoveAll(active)
+	os.WriteFile(active, nil, 0o600)
 	_, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("spool", "x\r\n"))
 	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 451 {
 		t.Fatalf("got %v, want 451 (never 250, never a permanent 5xx)", err)
 	}
 	if l := e.logs.lines(map[string]any{"stage": "queue", "level": "error"}); len(l) != 1 {
 		t.Fatalf("queue failure log: %v", l)
+	}
+	if n := len(e.standin.Messages()); n != 0 {
+		t.Fatalf("the upstream got %d messages", n)
+	}
+}
+
+// A message the upstream does not take at once must be stored before the
+// client hears "queued"; when that fails, the client hears 451 and nothing
+// is left half-stored.
+func TestCommitFailureAnswers451(t *testing.T) {
+	e := newEnv(t, "")
+	e.standin.SetFaults(upstreamtest.Faults{Data: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again"}})
+	tmp := filepath.Join(e.cfg.Queue.Dir, "tmp")
+	os.RemoveAll(tmp)
+	os.WriteFile(tmp, nil, 0o600) // the metadata's temp file cannot be made
+	_, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("spool", "x\r\n"))
+	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 451 {
+		t.Fatalf("got %v, want 451 (never 250, never a permanent 5xx)", err)
+	}
+	if l := e.logs.lines(map[string]any{"stage": "queue", "level": "error"}); len(l) == 0 {
+		t.Fatal("no queue error logged")
+	}
+	left, _ := filepath.Glob(filepath.Join(e.cfg.Queue.Dir, "active", "*"))
+	if len(left) != 0 {
+		t.Fatalf("left behind: %v", left)
 	}
 }
 
@@ -679,4 +708,60 @@ func TestFailureNoticeGoesToTheAccountFromTheAccount(t *testing.T) {
 	if f, _ := q.Failed(); len(f) != 3 {
 		t.Fatalf("failed area has %d, want 3 (2 messages + the failed notice, and no notice of it)", len(f))
 	}
+}
+
+// With a sync window a message is only staged while its first attempt
+// runs; whenever the client hears "queued" it must already be committed:
+// when the attempt failed (the worker commits) and when the window ran out
+// mid-attempt (the session commits).
+func TestQueuedMeansCommitted(t *testing.T) {
+	committed := func(t *testing.T, e *env, reply string) {
+		t.Helper()
+		_, rest, ok := strings.Cut(reply, "Queued as ")
+		if !ok {
+			t.Fatalf("client got %q, want 250 queued", reply)
+		}
+		id, _, _ := strings.Cut(rest, ";")
+		for _, f := range []string{id + ".json", id + ".eml"} {
+			if _, err := os.Stat(filepath.Join(e.cfg.Queue.Dir, "active", f)); err != nil {
+				t.Fatalf("the client heard %q but %s is not in the queue: %v", reply, f, err)
+			}
+		}
+	}
+	t.Run("attempt failed", func(t *testing.T) {
+		e := newEnv(t, "")
+		e.standin.SetFaults(upstreamtest.Faults{Data: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again"}})
+		reply, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("fail", "x\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		committed(t, e, reply)
+	})
+	t.Run("window ran out", func(t *testing.T) {
+		e := newEnv(t, `sync_window = "200ms"`)
+		e.standin.SetFaults(upstreamtest.Faults{Delay: 400 * time.Millisecond})
+		reply, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("slow", "x\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		committed(t, e, reply)
+		// The attempt goes on and delivers; then the queue is empty again.
+		if got := e.standin.WaitMessages(1, 10*time.Second); len(got) != 1 {
+			t.Fatal("not delivered")
+		}
+		waitFor(t, 5*time.Second, func() bool {
+			left, _ := filepath.Glob(filepath.Join(e.cfg.Queue.Dir, "active", "*"))
+			return len(left) == 0
+		})
+	})
+	t.Run("delivered at once", func(t *testing.T) {
+		e := newEnv(t, "")
+		reply, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("fast", "x\r\n"))
+		if err != nil || !strings.Contains(reply, "Delivered to iCloud") {
+			t.Fatalf("client got %q %v", reply, err)
+		}
+		if left, _ := filepath.Glob(filepath.Join(e.cfg.Queue.Dir, "active", "*")); len(left) != 0 {
+			t.Fatalf("left in the queue: %v", left)
+		}
+	})
 }

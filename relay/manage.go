@@ -69,6 +69,6 @@ func (s *Scheduler) Requeue(id string) error {
 	if err != nil {
 		return err
 	}
-	s.Submit(m, false)
+	s.Submit(m, nil)
 	return nil
 }

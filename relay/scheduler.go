@@ -25,6 +25,7 @@ type Sender interface {
 type Outcome struct {
 	Delivered bool            // every recipient has the message
 	Refusal   *upstream.Error // a permanent refusal: nobody got the message
+	Lost      bool            // a staged message could not be stored: the client must send it again
 }
 
 // Scheduler owns the queued messages in memory and delivers them with a
@@ -56,6 +57,14 @@ type item struct {
 	msg     *queue.Message
 	busy    bool
 	waiters []chan Outcome
+
+	// A staged message (queue.Stage) is committed by whoever needs it
+	// durable first: the worker when the upstream did not take it, or the
+	// waiting client's session when the sync window ends. smu orders them.
+	smu      sync.Mutex
+	staged   *queue.Staged
+	snapshot *queue.Message // the metadata to commit: as received, never tried
+	lost     bool           // committing failed: the message is gone
 }
 
 // NewScheduler returns a scheduler for q; call Start to run it.
@@ -104,14 +113,18 @@ func (s *Scheduler) Len() int {
 	return len(s.items)
 }
 
-// Submit hands a newly queued message to delivery. With wait, and when the
-// upstream is usable, it returns a channel that receives the first attempt's
-// outcome; otherwise nil.
-func (s *Scheduler) Submit(m *queue.Message, wait bool) <-chan Outcome {
+// Submit hands a message to delivery. A staged message (st not nil) is
+// one whose client waits: when the upstream is usable, Submit returns a
+// channel that receives the first attempt's outcome; otherwise nil. Either
+// way the caller must call Commit before telling the client "queued".
+func (s *Scheduler) Submit(m *queue.Message, st *queue.Staged) <-chan Outcome {
 	s.mu.Lock()
-	it := &item{msg: m}
+	it := &item{msg: m, staged: st}
+	if st != nil {
+		it.snapshot = m.Clone()
+	}
 	var ch chan Outcome
-	if wait && s.usable(time.Now()) {
+	if st != nil && s.usable(time.Now()) {
 		ch = make(chan Outcome, 1)
 		it.waiters = append(it.waiters, ch)
 	}
@@ -119,6 +132,70 @@ func (s *Scheduler) Submit(m *queue.Message, wait bool) <-chan Outcome {
 	s.changedLocked()
 	s.mu.Unlock()
 	return ch
+}
+
+// Commit makes a staged message durable, unless its attempt already
+// settled it (delivered, or committed by the worker). On failure the
+// message is dropped, and its client must be told to send it again.
+func (s *Scheduler) Commit(id string) error {
+	s.mu.Lock()
+	it := s.items[id]
+	s.mu.Unlock()
+	if it == nil {
+		return nil // settled and filed: its outcome tells
+	}
+	it.smu.Lock()
+	defer it.smu.Unlock()
+	if it.staged == nil {
+		return nil
+	}
+	err := s.q.Commit(it.staged, it.snapshot)
+	it.staged = nil
+	if err != nil {
+		it.lost = true
+		s.mu.Lock()
+		if !it.busy {
+			delete(s.items, id)
+		}
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// settle ends the staging of it's message, if it is still staged: the
+// upstream has it all (the data is removed), or it must be kept
+// (committed). It reports whether the message was staged; an error means
+// the message is lost (it could not be committed, now or before).
+func (s *Scheduler) settle(it *item, delivered bool) (wasStaged bool, err error) {
+	it.smu.Lock()
+	defer it.smu.Unlock()
+	if it.lost {
+		return true, errLost
+	}
+	st := it.staged
+	if st == nil {
+		return false, nil
+	}
+	it.staged = nil
+	if delivered {
+		s.q.Discard(st)
+		return true, nil
+	}
+	if err := s.q.Commit(st, it.snapshot); err != nil {
+		it.lost = true
+		return true, err
+	}
+	return true, nil
+}
+
+var errLost = errors.New("the message could not be stored")
+
+// dropLost ends a message that could not be stored.
+func (s *Scheduler) dropLost(it *item, log zerolog.Logger, err error) {
+	log.Error().Err(err).Str("stage", "queue").
+		Str("remedy", "The queue directory cannot be written: check free disk space and permissions of queue.dir.").
+		Msg("cannot store the message; its client was told to send it again")
+	s.release(it, true, Outcome{Lost: true})
 }
 
 func (s *Scheduler) usable(now time.Time) bool {
@@ -237,6 +314,10 @@ func (s *Scheduler) deliver(ctx context.Context, it *item) {
 	res, err := s.up.Send(ctx, &upstream.Message{From: m.From, To: m.Pending(), Size: m.Size, Body: body, UTF8: m.UTF8, EightBit: m.EightBit})
 	body.Close()
 	if ctx.Err() != nil {
+		if _, err := s.settle(it, false); err != nil {
+			s.dropLost(it, log, err)
+			return
+		}
 		log.Info().Int("attempt", m.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
 		s.release(it, false, Outcome{})
 		return
@@ -260,6 +341,12 @@ func (s *Scheduler) saveRetry(m *queue.Message) error {
 func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue *upstream.Error, started time.Time) {
 	m := it.msg
 	now := time.Now()
+	all := ue == nil && (res == nil || len(res.Refused) == 0)
+	wasStaged, err := s.settle(it, all)
+	if err != nil {
+		s.dropLost(it, log, err)
+		return
+	}
 	port := 0
 	if res != nil {
 		port = res.Port
@@ -322,7 +409,9 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 	}
 	if pending == 0 {
 		if failed == 0 {
-			if err := s.q.Delete(m.ID); err != nil {
+			if wasStaged && all {
+				// Never committed: nothing to remove but the data, gone already.
+			} else if err := s.q.Delete(m.ID); err != nil {
 				log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
 			}
 			log.Info().Int("port", port).Int("attempt", m.Attempts).Int("rcpts", delivered).Dur("took", took).Msg("delivered")
@@ -483,6 +572,10 @@ func (s *Scheduler) failLocal(it *item, log zerolog.Logger, text string) {
 
 func (s *Scheduler) moveToFailed(it *item, log zerolog.Logger, final queue.Outcome) {
 	m := it.msg
+	if _, err := s.settle(it, false); err != nil {
+		s.dropLost(it, log, err)
+		return
+	}
 	for i := range m.Rcpts {
 		if m.Rcpts[i].Status == queue.Pending {
 			m.Rcpts[i].Status, m.Rcpts[i].Error = queue.Failed, &final

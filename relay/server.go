@@ -338,8 +338,18 @@ func (ss *session) Data(r io.Reader) error {
 	bufs := s.intake.Get().(*intakeBuffers)
 	fixed, ed, err := fixMessage(bufs, eight, intake{id: m.ID, helo: ss.helo, client: host, by: s.cfg.Hostname,
 		received: s.cfg.ReceivedHeader, policy: s.cfg.Sender, now: time.Now()})
+	// With a sync window the client waits for the first attempt, and the
+	// message stays staged: committed to disk only when the upstream does
+	// not take it at once (see queue.Stage).
+	var st *queue.Staged
 	if err == nil {
-		err = s.q.Enqueue(m, fixed)
+		st, err = s.q.Stage(m, fixed)
+	}
+	if err == nil {
+		m.EightBit = eight.seen // known once the data is read
+		if s.cfg.SyncWindow <= 0 {
+			err, st = s.q.Commit(st, m), nil
+		}
 	}
 	bufs.in.Reset(nil) // hold no reference to this client while pooled
 	s.intake.Put(bufs)
@@ -352,14 +362,8 @@ func (ss *session) Data(r io.Reader) error {
 		s.log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
 			Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
 			Msg("cannot store an incoming message; the client was told to retry")
-		// Never go-smtp's default 554 for a plain error: that would make
-		// the client drop the mail.
-		if errors.Is(err, syscall.ENOSPC) {
-			return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "The relay's disk is full; try again later"}
-		}
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Cannot store the message in the local queue right now; try again later"}
+		return storeFailed(err)
 	}
-	m.EightBit = eight.seen
 	log := s.log.With().Str("queue_id", m.ID).Logger()
 	log.Info().Str("client", ss.remote).Str("from", m.From).Int("rcpts", len(m.Rcpts)).Int64("size", m.Size).Msg("message accepted")
 	if ss.origFrom != m.From {
@@ -372,24 +376,60 @@ func (ss *session) Data(r io.Reader) error {
 		log.Warn().Str("stage", "accept").Str("remedy", "The message is DKIM-signed, so its From was left alone; iCloud may refuse it. Send from your iCloud address.").Msg("From header not rewritten: signed message")
 	}
 
-	ch := s.sched.Submit(m, s.cfg.SyncWindow > 0)
-	queued := &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}
-	if ch == nil {
-		return queued
-	}
-	t := time.NewTimer(s.cfg.SyncWindow)
-	defer t.Stop()
-	select {
-	case o := <-ch:
-		switch {
-		case o.Refusal != nil:
-			return o.Refusal.SMTPReply()
-		case o.Delivered:
-			return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Delivered to iCloud (" + m.ID + ")"}
+	ch := s.sched.Submit(m, st)
+	if ch != nil {
+		t := time.NewTimer(s.cfg.SyncWindow)
+		defer t.Stop()
+		select {
+		case o := <-ch:
+			if reply := s.outcomeReply(m, o); reply != nil {
+				return reply
+			}
+		case <-t.C:
 		}
-	case <-t.C:
 	}
-	return queued
+	if st != nil {
+		if err := s.sched.Commit(m.ID); err != nil {
+			log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
+				Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
+				Msg("cannot store an incoming message; the client was told to retry")
+			return storeFailed(err)
+		}
+		// The attempt may have ended while the message was committed.
+		select {
+		case o := <-ch:
+			if reply := s.outcomeReply(m, o); reply != nil {
+				return reply
+			}
+		default:
+		}
+	}
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}
+}
+
+// outcomeReply is the reply for a first attempt's outcome, or nil when the
+// message stays queued.
+func (s *Server) outcomeReply(m *queue.Message, o Outcome) *smtp.SMTPError {
+	switch {
+	case o.Refusal != nil:
+		return o.Refusal.SMTPReply()
+	case o.Delivered:
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Delivered to iCloud (" + m.ID + ")"}
+	case o.Lost:
+		return storeFailed(errLost)
+	}
+	return nil
+}
+
+// storeFailed is the reply when the queue cannot take a message: always
+// temporary, so the client keeps its copy and tries again.
+func storeFailed(err error) *smtp.SMTPError {
+	// Never go-smtp's default 554 for a plain error: that would make
+	// the client drop the mail.
+	if errors.Is(err, syscall.ENOSPC) {
+		return &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 3, 1}, Message: "The relay's disk is full; try again later"}
+	}
+	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "Cannot store the message in the local queue right now; try again later"}
 }
 
 func (ss *session) Reset() {
@@ -465,14 +505,70 @@ func refuse(c net.Conn, reply string) {
 	c.Close()
 }
 
-// clientConn counts the connection and logs a client that went silent.
+// clientConn counts the connection, logs a client that went silent, and
+// holds the server's replies until it next reads (or closes): go-smtp
+// writes a reply a line at a time (eleven writes for EHLO), which costs a
+// system call and a wake-up of the client per line. A request-response
+// server always reads or closes after replying, so nothing waits long.
 type clientConn struct {
 	net.Conn
 	srv    *Server
 	closed atomic.Bool
+
+	mu  sync.Mutex
+	out []byte // replies not yet sent
+}
+
+// maxHeldReply bounds what clientConn holds back; more is sent at once.
+const maxHeldReply = 16 << 10
+
+func (c *clientConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.out)+len(b) > maxHeldReply {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(b) > maxHeldReply {
+			return c.Conn.Write(b)
+		}
+	}
+	c.out = append(c.out, b...)
+	return len(b), nil
+}
+
+func (c *clientConn) flushLocked() error {
+	if len(c.out) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.out)
+	c.out = c.out[:0]
+	return err
+}
+
+// SetWriteDeadline and SetDeadline first send what is held, under the
+// deadline it was written under (crypto/tls sets an expired one when it
+// closes, after its last alert).
+func (c *clientConn) SetWriteDeadline(t time.Time) error {
+	c.flush()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *clientConn) SetDeadline(t time.Time) error {
+	c.flush()
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *clientConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushLocked()
 }
 
 func (c *clientConn) Read(b []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
 	n, err := c.Conn.Read(b)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -483,6 +579,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 }
 
 func (c *clientConn) Close() error {
+	c.flush() // the last reply (221, 421) still goes out
 	if c.closed.CompareAndSwap(false, true) {
 		c.srv.conns.Add(-1)
 	}

@@ -34,12 +34,16 @@ func TestKillLoopLosesNothing(t *testing.T) {
 	s.SetFaults(upstreamtest.Faults{TempFailRate: 0.2, DropRate: 0.05})
 	dir := t.TempDir()
 	addr := freeAddr(t)
-	cfg := writeConfigAt(t, s, dir, s.Password(), addr, `[delivery]
+	// Runs alternate: without a sync window (queued at once) and with one
+	// (staged while the first attempt runs, committed if it fails).
+	config := func(k int) string {
+		return writeConfigAt(t, s, dir, s.Password(), addr, fmt.Sprintf(`[delivery]
 retry_min = "100ms"
 retry_max = "500ms"
 probe_interval = "100ms"
-sync_window = "0s"
-`)
+sync_window = %q
+`, []string{"0s", "2s"}[k%2]))
+	}
 	var mu sync.Mutex
 	accepted := map[string]bool{}
 	stop := make(chan struct{})
@@ -69,7 +73,7 @@ sync_window = "0s"
 	}
 	start := time.Now()
 	for k := 0; k < kills; k++ {
-		p := startProc(t, "run", "--config", cfg)
+		p := startProc(t, "run", "--config", config(k))
 		p.waitLog(t, "listening for local mail clients")
 		time.Sleep(time.Duration(150+rand.IntN(500)) * time.Millisecond)
 		p.cmd.Process.Signal(syscall.SIGKILL)
@@ -82,7 +86,7 @@ sync_window = "0s"
 	wg.Wait()
 	// A last start, with a healthy upstream, drains the queue.
 	s.SetFaults(upstreamtest.Faults{})
-	p := startProc(t, "run", "--config", cfg)
+	p := startProc(t, "run", "--config", config(kills))
 	p.waitLog(t, "listening for local mail clients")
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
@@ -123,7 +127,7 @@ sync_window = "0s"
 		t.Errorf("orphaned data files: %v", orphans)
 	}
 	var failed []json.RawMessage
-	if code, out := runCLI(t, "queue", "failed", "--config", cfg, "--json"); code != 0 || json.Unmarshal([]byte(out), &failed) != nil || len(failed) != 0 {
+	if code, out := runCLI(t, "queue", "failed", "--config", config(kills), "--json"); code != 0 || json.Unmarshal([]byte(out), &failed) != nil || len(failed) != 0 {
 		t.Errorf("failed area: %s", out)
 	}
 }

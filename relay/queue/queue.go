@@ -11,8 +11,10 @@
 // Invariants:
 //   - A message exists once its .json is in active/. The .eml is written
 //     and fsynced first; the .json last, through a temp file, fsync and
-//     rename, followed by an fsync of the directory. Enqueue returns only
-//     after all of that, so a 250 to the client means the message is on disk.
+//     rename, followed by an fsync of the directory. Enqueue (or Stage and
+//     Commit) returns only after all of that, so a 250 "queued" to the
+//     client means the message is on disk. A staged .eml without .json is
+//     not a message yet.
 //   - Every state change rewrites the .json atomically (temp, fsync, rename).
 //   - Delivered messages lose their .json first, so a crash leaves at worst
 //     an orphaned .eml, which Recover removes.
@@ -86,6 +88,14 @@ type Message struct {
 	History     []Outcome   `json:"history,omitempty"`
 	Final       *Outcome    `json:"final,omitempty"`  // why it is in failed/
 	Notice      bool        `json:"notice,omitempty"` // a failure notice made by the relay
+}
+
+// Clone returns a copy of m that shares nothing with it.
+func (m *Message) Clone() *Message {
+	c := *m
+	c.Rcpts = append([]Recipient(nil), m.Rcpts...)
+	c.History = append([]Outcome(nil), m.History...)
+	return &c
 }
 
 // Pending returns the recipients still to be delivered.
@@ -169,6 +179,26 @@ func NewID(now time.Time) string {
 // Enqueue writes body and m durably and fills in m.ID, m.Size, m.Version and
 // m.Received. Only a nil return means the message is safe.
 func (q *Queue) Enqueue(m *Message, body io.Reader) error {
+	st, err := q.Stage(m, body)
+	if err != nil {
+		return err
+	}
+	return q.Commit(st, m)
+}
+
+// Staged is a message whose data is written but not yet durable, and
+// which has no metadata: not yet a message (a restart removes it).
+type Staged struct {
+	f  *os.File
+	id string
+}
+
+// Stage writes the message data like Enqueue and fills in m, but does not
+// make it durable. Commit makes it a message; Discard drops it. A relay
+// about to hand a message upstream while its client waits stages it, and
+// commits only if the upstream does not take it at once: what the upstream
+// has accepted needs no local copy, and three fsyncs are saved.
+func (q *Queue) Stage(m *Message, body io.Reader) (*Staged, error) {
 	now := time.Now()
 	m.Version, m.Received = Version, now
 	if m.ID == "" {
@@ -182,27 +212,41 @@ func (q *Queue) Enqueue(m *Message, body io.Reader) error {
 	dataPath := q.dataPath(q.active, m.ID)
 	f, err := os.OpenFile(dataPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return &Error{Op: "create", ID: m.ID, Err: err}
-	}
-	fail := func(op string, err error) error {
-		f.Close()
-		os.Remove(dataPath)
-		return &Error{Op: op, ID: m.ID, Err: err}
+		return nil, &Error{Op: "create", ID: m.ID, Err: err}
 	}
 	n, err := io.Copy(f, body)
 	if err != nil {
-		return fail("write", err)
+		f.Close()
+		os.Remove(dataPath)
+		return nil, &Error{Op: "write", ID: m.ID, Err: err}
 	}
 	m.Size = n
-	if err := f.Sync(); err != nil {
-		return fail("fsync", err)
+	return &Staged{f: f, id: m.ID}, nil
+}
+
+// Commit makes a staged message durable: the data is synced, then m, its
+// metadata, written. On failure nothing of it is left.
+func (q *Queue) Commit(st *Staged, m *Message) error {
+	err := st.f.Sync()
+	if cerr := st.f.Close(); err == nil {
+		err = cerr
 	}
-	if err := f.Close(); err != nil {
-		return fail("close", err)
+	if err != nil {
+		os.Remove(st.f.Name())
+		return &Error{Op: "fsync", ID: st.id, Err: err}
 	}
 	if err := q.writeMeta(q.active, m); err != nil {
-		os.Remove(q.dataPath(q.active, m.ID))
+		os.Remove(st.f.Name())
 		return err
+	}
+	return nil
+}
+
+// Discard removes a staged message (the upstream has it).
+func (q *Queue) Discard(st *Staged) error {
+	st.f.Close()
+	if err := os.Remove(st.f.Name()); err != nil {
+		return &Error{Op: "delete", ID: st.id, Err: err}
 	}
 	return nil
 }

@@ -199,3 +199,57 @@ func TestLargeMessageStreams(t *testing.T) {
 		t.Fatalf("size %d", m.Size)
 	}
 }
+
+// A staged message is not a message until committed: a restart removes
+// it; Commit makes it one; Discard leaves nothing.
+func TestStagedMessageLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	q := mustOpen(t, dir)
+	body := "Subject: staged\r\n\r\nbody\r\n"
+
+	lost := newMsg()
+	if _, err := q.Stage(lost, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := q.Body(lost.ID); err != nil {
+		t.Fatalf("a staged message's data is readable for delivery: %v", err)
+	} else {
+		b.Close()
+	}
+	if active, _ := q.Active(); len(active) != 0 {
+		t.Fatalf("staged message listed as queued: %v", active)
+	}
+	// Restart (the process died before committing): nothing remains.
+	rep, err := mustOpen(t, dir).Recover()
+	if err != nil || rep.OrphansRemoved != 1 {
+		t.Fatalf("recover: %+v %v", rep, err)
+	}
+
+	kept := newMsg()
+	st, err := q.Stage(kept, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot := kept.Clone()
+	kept.Attempts = 5 // the live copy may move on; the snapshot is what is committed
+	if err := q.Commit(st, snapshot); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Get(kept.ID)
+	if err != nil || got.Attempts != 0 || got.Size != int64(len(body)) || len(got.Rcpts) != 2 {
+		t.Fatalf("committed: %+v %v", got, err)
+	}
+
+	gone := newMsg()
+	st, err = q.Stage(gone, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Discard(st); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "active"))
+	if len(entries) != 2 { // kept's .eml and .json
+		t.Fatalf("active/ holds %d entries, want kept's two", len(entries))
+	}
+}
