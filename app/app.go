@@ -44,13 +44,9 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 		return nil, fmt.Errorf("queue.dir %s: %w", cfg.Queue.Dir, err)
 	}
 	a.q = q
-	up, err := Upstream(cfg, func(e upstream.Event) {
+	a.up = Upstream(cfg, func(e upstream.Event) {
 		log.Debug().Str("stage", string(e.Stage)).Int("port", e.Port).Msg(e.Detail)
 	})
-	if err != nil {
-		return nil, err
-	}
-	a.up = up
 	d := cfg.Delivery
 	pol := relay.Policy{
 		Workers: d.Workers, SyncWindow: d.SyncWindow.D(), RetryMin: d.RetryMin.D(), RetryMax: d.RetryMax.D(),
@@ -88,20 +84,16 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 }
 
 // Upstream returns the upstream client cfg describes; trace may be nil.
-func Upstream(cfg *config.Config, trace func(upstream.Event)) (*upstream.Client, error) {
-	roots, err := upstream.LoadRoots(cfg.Upstream.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("upstream.ca_file: %w", err)
-	}
+func Upstream(cfg *config.Config, trace func(upstream.Event)) *upstream.Client {
 	u := cfg.Upstream
 	return upstream.New(upstream.Config{
 		Host: u.Host, StartTLSPort: u.StartTLSPort, TLSPort: u.TLSPort,
-		Username: u.Username, Password: u.Password.Reveal(), RootCAs: roots,
+		Username: u.Username, Password: u.Password.Reveal(), CAFile: u.CAFile,
 		HeloName: u.HeloName, ConnectTimeout: u.ConnectTimeout.D(), Timeout: u.Timeout.D(),
 		ReprobeInterval: u.ReprobeInterval.D(), Trace: trace,
 		MaxIdle: cfg.Delivery.Workers, IdleTimeout: u.IdleTimeout.D(), MaxMessagesPerConnection: u.MaxMessagesPerConnection,
 		AttemptTimeout: u.AttemptTimeout.D(),
-	}), nil
+	})
 }
 
 // listenAddrs adds the IPv6 loopback twin of an IPv4 loopback address, so

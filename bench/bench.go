@@ -94,6 +94,28 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	time.Sleep(time.Second) // let the relay settle before reading its idle size
 	rep.IdleRSS = rssOf(relay.cmd.Process.Pid, "VmRSS")
 
+	// The big message goes first, while the relay's high-water mark is
+	// still its start-up size: measured later, the throughput runs' peak
+	// would hide it.
+	if o.BigMessage {
+		// A small message first: the growth measured is the big message's
+		// own, not that of the first upstream connection.
+		n := len(s.Messages())
+		if err := sendPlain(relay.addr, s.Username(), message(1024)); err != nil {
+			return nil, fmt.Errorf("warm-up message: %w", err)
+		}
+		s.WaitMessages(n+1, time.Minute)
+		before := rssOf(relay.cmd.Process.Pid, "VmHWM")
+		n = len(s.Messages())
+		if err := sendPlain(relay.addr, s.Username(), message(20<<20-16<<10)); err != nil {
+			return nil, fmt.Errorf("20 MiB message: %w", err)
+		}
+		s.WaitMessages(n+1, time.Minute)
+		if before > 0 {
+			rep.BigGrowth = max(rssOf(relay.cmd.Process.Pid, "VmHWM")-before, 0)
+			rep.BigDone = true
+		}
+	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(s.CA.PEM)
 	body := message(o.MessageSize)
@@ -116,18 +138,6 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			}
 		}
 		rep.Results = append(rep.Results, d.result("direct", c), r.result("relay", c))
-	}
-	if o.BigMessage {
-		before := rssOf(relay.cmd.Process.Pid, "VmHWM")
-		n := len(s.Messages())
-		if err := sendPlain(relay.addr, s.Username(), message(20<<20-16<<10)); err != nil {
-			return nil, fmt.Errorf("20 MiB message: %w", err)
-		}
-		s.WaitMessages(n+1, time.Minute)
-		if before > 0 {
-			rep.BigGrowth = max(rssOf(relay.cmd.Process.Pid, "VmHWM")-before, 0)
-			rep.BigDone = true
-		}
 	}
 	rep.print(o.Out)
 	return rep, nil

@@ -8,6 +8,7 @@ package config
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -375,8 +376,12 @@ func (c *Config) validate(file string, lines map[string]int) error {
 		bad(ke.Key, "%s", ke.Msg)
 	}
 	if c.Upstream.CAFile != "" {
-		if _, err := os.Stat(c.Upstream.CAFile); err != nil {
+		// Checked now, though the relay loads it only at its first
+		// connection: a bad file should stop it at start, not later.
+		if pem, err := os.ReadFile(c.Upstream.CAFile); err != nil {
 			bad("upstream.ca_file", "cannot read %q: %v", c.Upstream.CAFile, errors.Unwrap(err))
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			bad("upstream.ca_file", "%q holds no PEM certificate", c.Upstream.CAFile)
 		}
 	}
 	if c.Upstream.HeloName == "" || strings.EqualFold(c.Upstream.HeloName, "localhost") {

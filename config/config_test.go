@@ -57,6 +57,11 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"wrong type", minimal + "starttls_port = \"abc\"\n", "c.toml:5: upstream.starttls_port: the value is a TOML string, but it must be a whole number"},
 		{"bare number duration", minimal + "[delivery]\nretry_min = 30\n", "c.toml:6: delivery.retry_min: needs a unit"},
 	}
+	notPEM := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(notPEM, []byte("not a certificate\n"), 0o644)
+	cases = append(cases,
+		struct{ name, doc, want string }{"CA file not PEM", minimal + fmt.Sprintf("ca_file = %q\n", notPEM), "c.toml:5: upstream.ca_file: \"" + notPEM + "\" holds no PEM certificate"},
+		struct{ name, doc, want string }{"CA file missing", minimal + "ca_file = \"/nonexistent/ca.pem\"\n", "c.toml:5: upstream.ca_file: cannot read"})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Parse([]byte(c.doc), "c.toml")

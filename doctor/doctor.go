@@ -116,11 +116,7 @@ func (r *run) configStep() {
 
 func (r *run) upstreamSteps(opts Options) {
 	var events []upstream.Event
-	client, err := app.Upstream(r.cfg, func(e upstream.Event) { events = append(events, e) })
-	if err != nil {
-		r.failure("config", err, 0)
-		return
-	}
+	client := app.Upstream(r.cfg, func(e upstream.Event) { events = append(events, e) })
 	start := time.Now()
 	addrs, err := client.Lookup(r.ctx)
 	if err != nil {

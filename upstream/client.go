@@ -32,13 +32,17 @@ import (
 
 // Config is what the client needs to reach the upstream.
 type Config struct {
-	Host           string
-	StartTLSPort   int // STARTTLS, tried first (587)
-	TLSPort        int // implicit TLS, the fallback (465)
-	Username       string
-	Password       string
-	RootCAs        *x509.CertPool // nil: the system's roots
-	HeloName       string         // this machine's name, sent in EHLO
+	Host         string
+	StartTLSPort int // STARTTLS, tried first (587)
+	TLSPort      int // implicit TLS, the fallback (465)
+	Username     string
+	Password     string
+	RootCAs      *x509.CertPool // nil: the system's roots, plus CAFile's
+	// CAFile holds more trusted CA certificates (PEM). They are loaded, with
+	// the system's roots, at the first connection: an idle relay that has
+	// not yet connected anywhere holds neither.
+	CAFile         string
+	HeloName       string // this machine's name, sent in EHLO
 	ConnectTimeout time.Duration
 	Timeout        time.Duration // bound on every single read and write
 	// ReprobeInterval is how long the fallback port stays first before the
@@ -84,9 +88,11 @@ type Result struct {
 
 // Client sends messages upstream. It is safe for concurrent use.
 type Client struct {
-	cfg    Config
-	tlsCfg *tls.Config
-	pool   pool
+	cfg  Config
+	pool pool
+
+	tlsMu  sync.Mutex
+	tlsCfg *tls.Config // built at the first connection
 
 	mu         sync.Mutex
 	preferred  int
@@ -96,39 +102,41 @@ type Client struct {
 
 // New returns a client for cfg.
 func New(cfg Config) *Client {
-	return &Client{
-		cfg: cfg,
-		tlsCfg: &tls.Config{
-			ServerName: cfg.Host,
-			RootCAs:    cfg.RootCAs,
-			MinVersion: tls.VersionTLS12,
-		},
-		preferred: cfg.StartTLSPort,
-	}
+	return &Client{cfg: cfg, preferred: cfg.StartTLSPort}
 }
 
-// LoadRoots returns the system's trusted roots plus the PEM certificates in
-// caFile.
-//
-// With no caFile it returns nil, which crypto/tls reads as "the system's
-// roots": the same trust, loaded when first needed rather than held by an
-// idle relay that has not yet connected anywhere.
-func LoadRoots(caFile string) (*x509.CertPool, error) {
-	if caFile == "" {
-		return nil, nil
+// tlsConfig returns the TLS settings, loading the trusted roots the first
+// time. With no CA file, RootCAs nil means "the system's roots", which
+// crypto/tls itself loads when first needed.
+func (c *Client) tlsConfig() (*tls.Config, error) {
+	c.tlsMu.Lock()
+	defer c.tlsMu.Unlock()
+	if c.tlsCfg != nil {
+		return c.tlsCfg, nil
 	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
+	roots := c.cfg.RootCAs
+	if roots == nil && c.cfg.CAFile != "" {
+		var err error
+		if roots, err = x509.SystemCertPool(); err != nil || roots == nil {
+			roots = x509.NewCertPool()
+		}
+		if err := addCAFile(roots, c.cfg.CAFile); err != nil {
+			return nil, err
+		}
 	}
+	c.tlsCfg = &tls.Config{ServerName: c.cfg.Host, RootCAs: roots, MinVersion: tls.VersionTLS12}
+	return c.tlsCfg, nil
+}
+
+func addCAFile(pool *x509.CertPool, caFile string) error {
 	pem, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, fmt.Errorf("read CA file: %w", err)
+		return fmt.Errorf("read CA file: %w", err)
 	}
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA file %s holds no PEM certificate", caFile)
+		return fmt.Errorf("CA file %s holds no PEM certificate", caFile)
 	}
-	return pool, nil
+	return nil
 }
 
 // MaxSize returns the largest message the server said it accepts, or 0
@@ -342,9 +350,13 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 	}()
 	conn := &timeoutConn{Conn: raw, timeout: c.cfg.Timeout}
 
+	tlsCfg, err := c.tlsConfig()
+	if err != nil {
+		return nil, newError(StageTLS, port, err)
+	}
 	var tlsConn *tls.Conn
 	if port == c.cfg.TLSPort {
-		tlsConn = tls.Client(conn, c.tlsCfg)
+		tlsConn = tls.Client(conn, tlsCfg)
 		if err := tlsConn.HandshakeContext(ctx); err != nil {
 			return nil, newError(StageTLS, port, err)
 		}
@@ -362,7 +374,7 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 		c.trace(StageGreeting, port, "server greeted")
 		c.trace(StageEHLO, port, "EHLO %s accepted", c.cfg.HeloName)
 	} else {
-		if tlsConn, rerr = c.startTLS(ctx, conn, port); rerr != nil {
+		if tlsConn, rerr = c.startTLS(ctx, conn, port, tlsCfg); rerr != nil {
 			return nil, rerr
 		}
 		s.client = smtp.NewClient(&greetedConn{Conn: tlsConn, r: io.MultiReader(strings.NewReader("220 TLS started\r\n"), tlsConn)})
@@ -402,7 +414,7 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 
 // startTLS runs greeting, EHLO and STARTTLS by hand: go-smtp's client would
 // send EHLO as "localhost" before STARTTLS, and iCloud deserves a real name.
-func (c *Client) startTLS(ctx context.Context, conn *timeoutConn, port int) (*tls.Conn, *Error) {
+func (c *Client) startTLS(ctx context.Context, conn *timeoutConn, port int, tlsCfg *tls.Config) (*tls.Conn, *Error) {
 	// Bounded: a hostile server cannot feed an endless reply before TLS.
 	tp := textproto.NewConn(struct {
 		io.Reader
@@ -423,7 +435,7 @@ func (c *Client) startTLS(ctx context.Context, conn *timeoutConn, port int) (*tl
 	if _, _, err := command(tp, 220, "STARTTLS"); err != nil {
 		return nil, newError(StageStartTLS, port, eofMeansClosed(err))
 	}
-	tlsConn := tls.Client(conn, c.tlsCfg)
+	tlsConn := tls.Client(conn, tlsCfg)
 	if err := tlsConn.HandshakeContext(ctx); err != nil {
 		return nil, newError(StageTLS, port, err)
 	}
