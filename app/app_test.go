@@ -545,8 +545,13 @@ func TestCommitFailureAnswers451(t *testing.T) {
 func TestPartialRecipientRefusal(t *testing.T) {
 	e := newEnv(t, "")
 	e.standin.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"nobody@example.com": {Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}}})
-	if _, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com", "nobody@example.com"}, message("partial", "x\r\n")); err != nil {
+	reply, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com", "nobody@example.com"}, message("partial", "x\r\n"))
+	if err != nil {
 		t.Fatalf("one recipient got it: the client must get 250, got %v", err)
+	}
+	// The 250 tells who did not get it, and why.
+	if !strings.Contains(reply, "1 of 2 recipients") || !strings.Contains(reply, "<nobody@example.com> 550 no such user") {
+		t.Errorf("client reply %q does not name the refused recipient", reply)
 	}
 	got := e.standin.WaitMessages(1, 10*time.Second)
 	if len(got) != 1 || strings.Join(got[0].To, ",") != "friend@example.com" {

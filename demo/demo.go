@@ -103,7 +103,7 @@ format = "console"
 	from, to := standin.Username(), "friend@example.com"
 	msg := "From: Demo <" + from + ">\r\nTo: <" + to + ">\r\nSubject: Hello through icloud-relay\r\n" +
 		"Date: " + time.Now().Format(time.RFC1123Z) + "\r\nMessage-ID: <demo." + fmt.Sprint(time.Now().UnixNano()) + "@icloud.com>\r\n" +
-		"\r\nIt works: queued on disk, then sent over verified TLS with a login.\r\n"
+		"\r\nIt works: taken into the queue, then sent over verified TLS with a login.\r\n"
 	reply, err := send(ctx, relay.Addr().String(), from, to, msg)
 	if err != nil {
 		return fmt.Errorf("client: %w", err)

@@ -26,6 +26,15 @@ type Outcome struct {
 	Delivered bool            // every recipient has the message
 	Refusal   *upstream.Error // a permanent refusal: nobody got the message
 	Lost      bool            // a staged message could not be stored: the client must send it again
+	// Refused lists the recipients refused for good when the others got the
+	// message (the attempt is over; a 250 must say who did not get it).
+	Refused []RecipientRefusal
+}
+
+// RecipientRefusal is one recipient's permanent refusal.
+type RecipientRefusal struct {
+	Addr  string
+	Error *upstream.Error
 }
 
 // Scheduler owns the queued messages in memory and delivers them with a
@@ -429,6 +438,12 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		o := Outcome{}
 		if delivered == 0 {
 			o.Refusal = firstFail
+		} else {
+			for _, r := range m.Rcpts {
+				if r.Status == queue.Failed {
+					o.Refused = append(o.Refused, RecipientRefusal{Addr: r.Addr, Error: fromOutcome(r.Error)})
+				}
+			}
 		}
 		s.release(it, true, o)
 		return

@@ -16,6 +16,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -417,6 +418,18 @@ func (s *Server) outcomeReply(m *queue.Message, o Outcome) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Delivered to iCloud (" + m.ID + ")"}
 	case o.Lost:
 		return storeFailed(errLost)
+	case len(o.Refused) > 0:
+		// SMTP has no way to refuse a recipient after the data: the 250
+		// says who did not get it (a failure notice follows if configured).
+		var b strings.Builder
+		fmt.Fprintf(&b, "Delivered to iCloud for %d of %d recipients (%s); refused for good:", len(m.Rcpts)-len(o.Refused), len(m.Rcpts), m.ID)
+		for i, r := range o.Refused {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, " <%s> %d %s", r.Addr, r.Error.Code, r.Error.Text)
+		}
+		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: strings.Join(strings.Fields(b.String()), " ")}
 	}
 	return nil
 }
