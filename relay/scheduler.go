@@ -155,6 +155,9 @@ func (s *Scheduler) Commit(id string) error {
 	}
 	it.smu.Lock()
 	defer it.smu.Unlock()
+	if it.lost {
+		return errLost // the worker failed to commit it
+	}
 	if it.staged == nil {
 		return nil
 	}
