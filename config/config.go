@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -378,8 +379,8 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	if c.Upstream.CAFile != "" {
 		// Checked now, though the relay loads it only at its first
 		// connection: a bad file should stop it at start, not later.
-		if pem, err := os.ReadFile(c.Upstream.CAFile); err != nil {
-			bad("upstream.ca_file", "cannot read %q: %v", c.Upstream.CAFile, errors.Unwrap(err))
+		if pem, err := readLimited(c.Upstream.CAFile, 16<<20); err != nil {
+			bad("upstream.ca_file", "cannot read %q: %v", c.Upstream.CAFile, err)
 		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 			bad("upstream.ca_file", "%q holds no PEM certificate", c.Upstream.CAFile)
 		}
@@ -462,6 +463,28 @@ func (c *Config) validate(file string, lines map[string]int) error {
 const KeyringService = "icloud-relay"
 
 // resolvePassword fills Upstream.Password from exactly one of its sources.
+// readLimited reads a file the config names, refusing one larger than
+// limit: a wrong path such as /dev/zero must not make the relay read for
+// ever. Errors leave out the path, which the caller names.
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, errors.Unwrap(err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		if u := errors.Unwrap(err); u != nil {
+			err = u
+		}
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("larger than %d bytes: not the file meant here", limit)
+	}
+	return b, nil
+}
+
 func (c *Config) resolvePassword() *KeyError {
 	u := &c.Upstream
 	n := 0
@@ -488,9 +511,9 @@ func (c *Config) resolvePassword() *KeyError {
 		}
 		u.Password = Secret(v)
 	case u.PasswordFile != "":
-		b, err := os.ReadFile(u.PasswordFile)
+		b, err := readLimited(u.PasswordFile, 64<<10)
 		if err != nil {
-			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("cannot read %q: %v", u.PasswordFile, errors.Unwrap(err))}
+			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("cannot read %q: %v", u.PasswordFile, err)}
 		}
 		v := strings.TrimSpace(string(b))
 		if v == "" {

@@ -219,3 +219,18 @@ func TestPasswordFromTheOSCredentialStore(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// A path to something endless (here /dev/zero) is refused, not read for ever.
+func TestConfigFilesAreReadWithALimit(t *testing.T) {
+	if _, err := os.Stat("/dev/zero"); err != nil {
+		t.Skip("no /dev/zero here")
+	}
+	for _, c := range []struct{ doc, want string }{
+		{"[upstream]\nusername = \"me@icloud.com\"\npassword_file = \"/dev/zero\"\n", "upstream.password_file: cannot read \"/dev/zero\": larger than"},
+		{minimal + "ca_file = \"/dev/zero\"\n", "upstream.ca_file: cannot read \"/dev/zero\": larger than"},
+	} {
+		if _, err := Parse([]byte(c.doc), "c.toml"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("got %v, want %q", err, c.want)
+		}
+	}
+}
