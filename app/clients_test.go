@@ -79,6 +79,9 @@ s.quit()`, port, file}
 		{name: "swaks plain", tool: "swaks", args: func(f string) []string {
 			return []string{"--server", "127.0.0.1:" + port, "--helo", "swaks.test", "--from", "demo@icloud.com", "--to", "friend@example.com", "--data", "@" + f, "--silent", "2"}
 		}, data: message("swaks-plain", "Hello from swaks.\r\n.leading dot\r\n")},
+		{name: "swaks pipelining", tool: "swaks", args: func(f string) []string {
+			return []string{"--server", "127.0.0.1:" + port, "--helo", "swaks.test", "--pipeline", "--from", "demo@icloud.com", "--to", "friend@example.com", "--data", "@" + f, "--silent", "2"}
+		}, data: message("swaks-pipeline", "MAIL, RCPT and DATA in one go.\r\n")},
 		{name: "swaks STARTTLS and AUTH", tool: "swaks", args: func(f string) []string {
 			return []string{"--server", "127.0.0.1:" + port, "--tls", "--auth", "PLAIN", "--auth-user", "any", "--auth-password", "thing", "--from", "demo@icloud.com", "--to", "friend@example.com", "--data", "@" + f, "--silent", "2"}
 		}, data: message("swaks-tls-auth", "Secured and logged in.\r\n")},
