@@ -3,10 +3,15 @@ package bench
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
 
 // TestBenchmarkSmoke runs the benchmark briefly, as CI does: it must run end
@@ -36,5 +41,54 @@ func TestBenchmarkSmoke(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "relay / direct") {
 		t.Fatal("no ratios printed")
+	}
+}
+
+// BenchmarkDelivery is the same comparison for the go test tooling (one op
+// is one message, until the stand-in has it; compare direct and relay, e.g.
+// with benchstat):
+//
+//	go test -run '^$' -bench Delivery -benchtime 1000x ./bench/
+func BenchmarkDelivery(b *testing.B) {
+	bin := filepath.Join(b.TempDir(), "icloud-relay")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/icloud-relay").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 40 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	dir := b.TempDir()
+	ca, err := s.WriteCA(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	relay, err := startRelay(context.Background(), Options{Binary: bin, SyncWindow: "10s"}, s, dir, ca)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer relay.stop()
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(s.CA.PEM)
+	body := message(4096)
+	modes := []struct {
+		name string
+		send func() error
+	}{
+		{"direct", func() error { return sendDirect(s, roots, body) }},
+		{"relay", func() error { return sendPlain(relay.addr, s.Username(), body) }},
+	}
+	for _, c := range []int{1, 8, 32} {
+		for _, m := range modes {
+			b.Run(fmt.Sprintf("%s/c=%d", m.name, c), func(b *testing.B) {
+				smp := run(b.N, c, s, m.send, func() time.Duration { return 0 })
+				r := smp.result(m.name, c)
+				b.ReportMetric(float64(r.P50.Microseconds()), "p50-µs")
+				if r.Refused > 0 {
+					b.Fatalf("%d messages refused", r.Refused)
+				}
+			})
+		}
 	}
 }
