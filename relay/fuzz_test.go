@@ -45,8 +45,12 @@ func FuzzFixMessage(f *testing.F) {
 
 type nopSender struct{}
 
-func (nopSender) Send(context.Context, *upstream.Message) (*upstream.Result, error) {
-	return &upstream.Result{Refused: map[string]*upstream.Error{}}, nil
+func (nopSender) SendBatch(_ context.Context, msgs []*upstream.Message) []upstream.Delivery {
+	out := make([]upstream.Delivery, len(msgs))
+	for i := range out {
+		out[i].Result = &upstream.Result{Refused: map[string]*upstream.Error{}}
+	}
+	return out
 }
 func (nopSender) Probe(context.Context) error { return nil }
 

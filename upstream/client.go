@@ -178,19 +178,64 @@ func (c *Client) trace(stage Stage, port int, format string, args ...any) {
 	}
 }
 
+// Delivery is one message's outcome: a nil Err means every recipient not
+// in Result.Refused has the message; otherwise Err is an *Error.
+type Delivery struct {
+	Result *Result
+	Err    error
+}
+
 // Send delivers m. A nil error means every recipient not in Result.Refused
 // has the message. A non-nil error is an *Error.
-//
-// An idle logged-in session is reused when there is one (after an RSET that
-// also proves it alive); otherwise a new connection is opened.
 func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
+	d := c.SendBatch(ctx, []*Message{m})[0]
+	return d.Result, d.Err
+}
+
+// SendBatch delivers msgs back to back over one connection (pipelined
+// where the server allows), with one outcome per message.
+//
+// An idle logged-in session is reused when there is one; otherwise a new
+// connection is opened. A reused connection found dead before it accepted
+// anything (closed, or closing with a 421, as servers do with idle ones)
+// is replaced silently; a connection that breaks after some messages
+// hands the rest to a new one.
+func (c *Client) SendBatch(ctx context.Context, msgs []*Message) []Delivery {
 	if c.cfg.AttemptTimeout > 0 {
 		// Bounds a server that drips its replies a byte at a time, which
 		// the per-read timeout alone would let go on for ever.
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout)
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.AttemptTimeout*time.Duration(len(msgs)))
 		defer cancel()
 	}
+	out := make([]Delivery, len(msgs))
+	for done := 0; done < len(msgs); {
+		s, reused, err := c.session(ctx)
+		if err != nil {
+			for i := done; i < len(msgs); i++ {
+				out[i] = Delivery{Err: err}
+			}
+			break
+		}
+		n := s.sendBatch(msgs[done:], out[done:])
+		broken := s.broken
+		c.release(s, n)
+		done += n
+		if broken != nil && n == 0 && !reused {
+			// A new connection that accepted nothing: that is the answer
+			// for the rest too.
+			for i := done + 1; i < len(msgs); i++ {
+				out[i] = Delivery{Err: out[done].Err}
+			}
+			break
+		}
+	}
+	return out
+}
+
+// session returns a logged-in session: an idle one (reset if its last
+// transaction failed) or a new one.
+func (c *Client) session(ctx context.Context) (s *session, reused bool, err error) {
 	for s := c.take(ctx); s != nil; s = c.take(ctx) {
 		// RSET only after a failed transaction: a completed one leaves the
 		// server ready, and a round trip per message is not free.
@@ -198,47 +243,21 @@ func (c *Client) Send(ctx context.Context, m *Message) (*Result, error) {
 			s.close() // closed by the server while idle: try another
 			continue
 		}
-		res, err := c.sendOn(s, m)
-		if stale(err) {
-			continue // the connection died while idle; nothing was sent
-		}
-		return res, err
+		return s, true, nil
 	}
-	s, err := c.connect(ctx, true)
-	if err != nil {
-		return nil, err
-	}
-	return c.sendOn(s, m)
+	s, err = c.connect(ctx, true)
+	return s, false, err
 }
 
-// sendOn sends m on s and returns s to the pool or closes it.
-func (c *Client) sendOn(s *session, m *Message) (*Result, error) {
-	res, err := s.send(m)
+// release returns s to the pool after it carried n messages, or closes it.
+func (c *Client) release(s *session, n int) {
 	s.stop() // unbind from this attempt's context before pooling
-	s.sent++
-	s.dirty = err != nil
-	if reusable(err) {
+	s.sent += n
+	if s.broken == nil {
 		c.put(s)
 	} else {
 		s.close()
 	}
-	return res, err
-}
-
-// stale reports a reused connection that turned out dead at MAIL FROM,
-// before anything of the message was sent: closed, or closing with a 421
-// (as servers say when they end an idle connection). Safe to retry on a
-// new connection.
-func stale(err error) bool {
-	var e *Error
-	if !errors.As(err, &e) || e.Stage != StageMail || e.Err == nil {
-		return false
-	}
-	var se *smtp.SMTPError
-	if errors.As(e.Err, &se) {
-		return se.Code == 421
-	}
-	return true
 }
 
 // Probe checks cheaply that the upstream answers: connect, TLS where the
@@ -320,6 +339,7 @@ type session struct {
 	// hung, so the connection is just closed.
 	healthy   bool
 	dirty     bool        // the last transaction failed: RSET before reuse
+	broken    error       // why the connection cannot carry more, if so
 	sent      int         // messages sent on this connection
 	idleTimer *time.Timer // closes the session when it idles too long in the pool
 }
@@ -497,14 +517,102 @@ func (c *Client) auth(client *smtp.Client) error {
 	return eofMeansClosed(client.Auth(a))
 }
 
-// send runs one mail transaction. When the server offers PIPELINING
-// (RFC 2920), MAIL, every RCPT and DATA go out together, and the message
-// costs two round trips instead of three plus one per recipient; the
-// replies are read in order either way, so there is one code path.
+// txn is one message's transaction on a session.
+type txn struct {
+	m       *Message
+	res     *Result
+	err     error  // how it ended, when not delivered
+	refusal *Error // the first recipient refused
+	sent    bool   // its MAIL went out
+	data    bool   // 354 with recipients left: the data follows
+	dot     bool   // 354 with none left: an empty message ends it
+	n       int64  // data bytes sent
+}
+
+// reset reports whether the server still holds t's transaction: it ended
+// before the data (the end of the data ends a transaction either way).
+func (t *txn) reset() bool { return t.sent && t.err != nil && !t.data && !t.dot }
+
+// send runs one mail transaction.
 func (s *session) send(m *Message) (*Result, error) {
-	res := &Result{Port: s.port, Refused: map[string]*Error{}}
+	out := make([]Delivery, 1)
+	s.sendBatch([]*Message{m}, out)
+	return out[0].Result, out[0].Err
+}
+
+// sendBatch runs the transactions of msgs back to back, fills out, and
+// returns how many are finished. It stops early only when the connection
+// breaks (s.broken): the message it was on, out[n], was then not accepted
+// (its data had not gone out), and those after it were not tried.
+//
+// When the server offers PIPELINING (RFC 2920), MAIL, every RCPT and DATA
+// go out together, and a message's data goes out with the next message's
+// MAIL, RCPT and DATA (message content may start a group): one round trip
+// per message on a busy connection, two for a lone one. Without it, the
+// same steps go one at a time. Replies are read in order either way.
+func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
+	pipelined, _ := s.client.Extension("PIPELINING")
+	txs := make([]*txn, len(msgs))
+	for i, m := range msgs {
+		txs[i] = &txn{m: m, res: &Result{Port: s.port, Refused: map[string]*Error{}}}
+	}
+	s.begin(txs[0], pipelined)
+	for i, t := range txs {
+		if t.sent {
+			s.readBegin(t, pipelined)
+		}
+		out[i] = Delivery{Result: t.res, Err: t.err}
+		if s.broken != nil {
+			return i
+		}
+		switch {
+		case t.data:
+			s.writeData(t)
+		case t.dot:
+			// A server that says 354 with no recipient left gets an empty
+			// message, which it must refuse (RFC 2920, section 3.1).
+			s.w.WriteString(".\r\n")
+		}
+		var next *txn
+		if i+1 < len(txs) && s.broken == nil {
+			next = txs[i+1]
+		}
+		if pipelined && next != nil {
+			if t.reset() {
+				s.w.WriteString("RSET\r\n")
+			}
+			s.begin(next, pipelined)
+		}
+		if (t.data || t.dot) && s.broken == nil {
+			s.readEnd(t)
+		}
+		out[i] = Delivery{Result: t.res, Err: t.err}
+		if s.broken != nil || next == nil {
+			s.dirty = t.reset()
+			return i + 1
+		}
+		if t.reset() {
+			if !pipelined {
+				s.w.WriteString("RSET\r\n")
+			}
+			if s.read(250) != nil {
+				return i + 1
+			}
+		}
+		if !pipelined {
+			s.begin(next, pipelined)
+		}
+	}
+	return len(txs)
+}
+
+// begin checks what t's message needs and writes its MAIL (with
+// PIPELINING also every RCPT and DATA), unflushed.
+func (s *session) begin(t *txn, pipelined bool) {
+	m := t.m
 	if len(m.To) == 0 {
-		return res, newError(StageRcpt, s.port, errors.New("the message has no recipients"))
+		t.err = newError(StageRcpt, s.port, errors.New("the message has no recipients"))
+		return
 	}
 	for _, need := range []struct {
 		ext  string
@@ -512,104 +620,113 @@ func (s *session) send(m *Message) (*Result, error) {
 		what string
 	}{{"SMTPUTF8", m.UTF8, "non-ASCII addresses (SMTPUTF8)"}, {"8BITMIME", m.EightBit, "8-bit content (8BITMIME)"}} {
 		if ok, _ := s.client.Extension(need.ext); need.need && !ok {
-			return res, &Error{Stage: StageMail, Port: s.port, Temporary: false,
+			t.err = &Error{Stage: StageMail, Port: s.port, Temporary: false,
 				Text:   "the message needs " + need.what + ", which the server does not offer",
 				Remedy: "Send the message with a client that encodes it for 7-bit transport (quoted-printable or base64) and ASCII addresses."}
+			return
 		}
 	}
 	for _, a := range append([]string{m.From}, m.To...) {
 		if strings.ContainsAny(a, "\r\n") {
-			return res, &Error{Stage: StageMail, Port: s.port, Text: fmt.Sprintf("address %q contains a line break", a),
+			t.err = &Error{Stage: StageMail, Port: s.port, Text: fmt.Sprintf("address %q contains a line break", a),
 				Remedy: "The sending program passed a malformed address; fix its configuration."}
+			return
 		}
 	}
-	pipelined, _ := s.client.Extension("PIPELINING")
-	// Commands are only flushed before a reply is awaited; pipelined,
-	// that is once for MAIL, RCPT... and DATA together.
-	send := func(format string, args ...any) {
-		fmt.Fprintf(s.w, format+"\r\n", args...)
-		if !pipelined {
-			s.w.Flush()
-		}
-	}
-	read := func(expect int) error {
-		if err := s.w.Flush(); err != nil {
-			return err
-		}
-		return s.reply(expect)
-	}
-
-	send("MAIL FROM:<%s>%s", m.From, s.mailParams(m))
+	t.sent = true
+	fmt.Fprintf(s.w, "MAIL FROM:<%s>%s\r\n", m.From, s.mailParams(m))
 	if pipelined {
 		for _, rcpt := range m.To {
-			send("RCPT TO:<%s>", rcpt)
+			fmt.Fprintf(s.w, "RCPT TO:<%s>\r\n", rcpt)
 		}
-		send("DATA")
+		s.w.WriteString("DATA\r\n")
 	}
-	if err := read(250); err != nil {
-		mailErr := newError(StageMail, s.port, eofMeansClosed(err))
-		if pipelined && isReply(err) {
+}
+
+// readBegin reads the replies to MAIL, RCPT and DATA (writing RCPT and
+// DATA first when not pipelined) and decides whether the data follows.
+func (s *session) readBegin(t *txn, pipelined bool) {
+	m := t.m
+	if err := s.read(250); err != nil {
+		t.err = newError(StageMail, s.port, eofMeansClosed(err))
+		if pipelined && s.broken == nil {
 			s.drain(len(m.To))
 		}
-		return res, mailErr
+		return
 	}
 	s.c.trace(StageMail, s.port, "sender <%s> accepted", m.From)
-	var firstRefusal *Error
 	for _, rcpt := range m.To {
 		if !pipelined {
-			send("RCPT TO:<%s>", rcpt)
+			fmt.Fprintf(s.w, "RCPT TO:<%s>\r\n", rcpt)
 		}
-		err := read(25)
+		err := s.read(25)
 		switch {
 		case err == nil:
 			s.c.trace(StageRcpt, s.port, "recipient <%s> accepted", rcpt)
-		case isReply(err):
+		case s.broken == nil:
 			e := newError(StageRcpt, s.port, err)
-			res.Refused[rcpt] = e
-			if firstRefusal == nil {
-				firstRefusal = e
+			t.res.Refused[rcpt] = e
+			if t.refusal == nil {
+				t.refusal = e
 			}
 			s.c.trace(StageRcpt, s.port, "recipient <%s> refused: %d %s", rcpt, e.Code, e.Text)
 		default:
-			return res, newError(StageRcpt, s.port, eofMeansClosed(err))
+			t.err = newError(StageRcpt, s.port, eofMeansClosed(err))
+			return
 		}
 	}
-	allRefused := len(res.Refused) == len(m.To)
+	allRefused := len(t.res.Refused) == len(m.To)
 	if allRefused && !pipelined {
-		return res, firstRefusal
+		t.err = t.refusal
+		return
 	}
 	if !pipelined {
-		send("DATA")
+		s.w.WriteString("DATA\r\n")
 	}
-	if err := read(354); err != nil {
-		if allRefused && isReply(err) {
-			return res, firstRefusal
-		}
-		return res, newError(StageData, s.port, eofMeansClosed(err))
+	err := s.read(354)
+	switch {
+	case err == nil && allRefused:
+		t.err, t.dot = t.refusal, true
+	case err == nil:
+		t.data = true
+	case allRefused && s.broken == nil:
+		t.err = t.refusal
+	default:
+		t.err = newError(StageData, s.port, eofMeansClosed(err))
 	}
-	if allRefused {
-		// A server that says 354 with no recipient left gets an empty
-		// message, which it must refuse (RFC 2920, section 3.1).
-		s.w.WriteString(".\r\n")
-		read(250)
-		return res, firstRefusal
-	}
+}
+
+// writeData writes t's message, dot-stuffed and ended; what is left in
+// the buffer goes out with the next flush (and the next message's commands).
+func (s *session) writeData(t *txn) {
 	if s.buf == nil {
 		s.buf = make([]byte, 16<<10)
 	}
 	d := &dotWriter{w: s.w, last: '\n'}
-	n, err := d.copyFrom(m.Body, s.buf)
+	n, err := d.copyFrom(t.m.Body, s.buf)
 	if err == nil {
-		err = d.close()
+		err = d.end()
 	}
+	t.n = n
 	if err != nil {
-		return res, newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", n, eofMeansClosed(err)))
+		t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", n, eofMeansClosed(err)))
+		s.fail(err)
 	}
-	if err := s.reply(250); err != nil {
-		return res, newError(StageData, s.port, eofMeansClosed(err))
+}
+
+// readEnd reads the reply to the end of the data.
+func (s *session) readEnd(t *txn) {
+	err := s.read(250)
+	switch {
+	case t.dot:
+		// Refused by then: t.err is the recipients' refusal.
+	case err != nil && s.broken != nil:
+		t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(err)))
+	case err != nil:
+		t.err = newError(StageData, s.port, err)
+	default:
+		s.c.trace(StageData, s.port, "message accepted (%d bytes)", t.n)
 	}
-	s.c.trace(StageData, s.port, "message accepted (%d bytes)", n)
-	return res, nil
 }
 
 // mailParams are the MAIL FROM parameters the server offers and m needs.
@@ -630,10 +747,29 @@ func (s *session) mailParams(m *Message) string {
 // cmd sends one command and reads its reply.
 func (s *session) cmd(expect int, format string, args ...any) error {
 	fmt.Fprintf(s.w, format+"\r\n", args...)
+	return s.read(expect)
+}
+
+// read sends what is buffered and reads one reply. A broken connection,
+// or a 421 (the server is closing it), is remembered in s.broken.
+func (s *session) read(expect int) error {
 	if err := s.w.Flush(); err != nil {
+		s.fail(err)
 		return err
 	}
-	return s.reply(expect)
+	err := s.reply(expect)
+	var se *smtp.SMTPError
+	if err != nil && (!errors.As(err, &se) || se.Code == 421) {
+		s.fail(err)
+	}
+	return err
+}
+
+// fail records that the connection cannot carry more.
+func (s *session) fail(err error) {
+	if s.broken == nil {
+		s.broken = err
+	}
 }
 
 // reply reads one reply; a reply other than expect (a code or its first
@@ -656,23 +792,13 @@ func (s *session) reply(expect int) error {
 // drain reads the replies to the rest of a pipelined transaction whose
 // MAIL was refused, so the connection is back in step: n RCPT and DATA.
 func (s *session) drain(rcpts int) {
-	for i := 0; i < rcpts; i++ {
-		if err := s.reply(25); err != nil && !isReply(err) {
-			return
-		}
+	for i := 0; i < rcpts && s.broken == nil; i++ {
+		s.read(25)
 	}
-	if s.reply(354) == nil {
+	if s.broken == nil && s.read(354) == nil {
 		s.w.WriteString(".\r\n")
-		s.w.Flush()
-		s.reply(250)
+		s.read(250)
 	}
-}
-
-// isReply reports an error that is the server's reply, not a broken
-// connection.
-func isReply(err error) bool {
-	var se *smtp.SMTPError
-	return errors.As(err, &se)
 }
 
 // dotWriter writes message data dot-stuffed (RFC 5321, section 4.5.2) with
@@ -726,8 +852,8 @@ func (d *dotWriter) write(p []byte) error {
 	return err
 }
 
-// close ends the data with CRLF "." CRLF and sends it.
-func (d *dotWriter) close() error {
+// end ends the data with CRLF "." CRLF, still buffered.
+func (d *dotWriter) end() error {
 	switch d.last {
 	case '\r':
 		d.w.WriteByte('\n')
@@ -736,7 +862,8 @@ func (d *dotWriter) close() error {
 		d.w.WriteString("\r\n")
 	}
 	d.w.WriteString(".\r\n")
-	return d.w.Flush()
+	_, err := d.w.Write(nil)
+	return err
 }
 
 // timeoutConn bounds every read and write by its own deadline. It owns the

@@ -48,9 +48,10 @@ func TestDotWriterMatchesReferenceAcrossChunks(t *testing.T) {
 		if _, err := d.copyFrom(iotest.OneByteReader(bytes.NewReader(in)), make([]byte, 3)); err != nil {
 			t.Fatal(err)
 		}
-		if err := d.close(); err != nil {
+		if err := d.end(); err != nil {
 			t.Fatal(err)
 		}
+		d.w.Flush()
 		if want := dotReference(in); got.String() != want {
 			t.Fatalf("input %q:\n got %q\nwant %q", in, got.String(), want)
 		}

@@ -28,10 +28,13 @@ type scripted struct {
 	port       int
 	roots      *x509.CertPool
 
-	mu         sync.Mutex
-	violations []string
-	bodies     []string
-	mails      int
+	closeAfter int // after this many messages on a connection, answer the next MAIL with 421 and hang up (0: never)
+
+	mu          sync.Mutex
+	violations  []string
+	bodies      []string
+	mails       int
+	dotFollowed int // ends of data that arrived together with the next commands
 }
 
 func startScripted(t *testing.T, sc *scripted) {
@@ -80,7 +83,7 @@ func (sc *scripted) serve(c net.Conn) {
 		w.Flush()
 	}
 	say("220 scripted ESMTP")
-	accepted, inMail := 0, false
+	accepted, inMail, delivered := 0, false, 0
 	for {
 		line, err := r.ReadString('\n')
 		if err != nil {
@@ -109,7 +112,12 @@ func (sc *scripted) serve(c net.Conn) {
 		case "MAIL":
 			sc.mu.Lock()
 			sc.mails++
+			full := sc.closeAfter > 0 && delivered >= sc.closeAfter
 			sc.mu.Unlock()
+			if full {
+				say("421 4.7.0 closing: enough for this connection")
+				return
+			}
 			accepted, inMail = 0, sc.mailReply == ""
 			if !inMail {
 				say(sc.mailReply)
@@ -139,6 +147,11 @@ func (sc *scripted) serve(c net.Conn) {
 					return
 				}
 				if l == ".\r\n" {
+					if r.Buffered() > 0 {
+						sc.mu.Lock()
+						sc.dotFollowed++
+						sc.mu.Unlock()
+					}
 					break
 				}
 				b.WriteString(strings.TrimPrefix(l, "."))
@@ -146,6 +159,7 @@ func (sc *scripted) serve(c net.Conn) {
 			sc.mu.Lock()
 			sc.bodies = append(sc.bodies, b.String())
 			sc.mu.Unlock()
+			delivered++
 			say("250 2.0.0 queued")
 		case "RSET":
 			accepted, inMail = 0, false
@@ -183,15 +197,22 @@ func (sc *scripted) check(t *testing.T) {
 	}
 }
 
+// withGoneRecipient starts a scripted server that refuses
+// gone@example.com, and a client for it.
+func withGoneRecipient(t *testing.T, pipelining bool) (*scripted, *upstream.Client) {
+	sc := &scripted{pipelining: pipelining, rcptReply: map[string]string{"gone@example.com": "550 5.1.1 no such user"}}
+	startScripted(t, sc)
+	c := sc.client(t)
+	t.Cleanup(c.CloseIdle)
+	return sc, c
+}
+
 const dotty = "Subject: dots\r\n\r\n.leading dot\r\n..two\r\nbare\nLF\r\n."
 
 func TestTransactionWithAndWithoutPipelining(t *testing.T) {
 	for _, pipelining := range []bool{true, false} {
 		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
-			sc := &scripted{pipelining: pipelining, rcptReply: map[string]string{"gone@example.com": "550 5.1.1 no such user"}}
-			startScripted(t, sc)
-			c := sc.client(t)
-			defer c.CloseIdle()
+			sc, c := withGoneRecipient(t, pipelining)
 			for i := 0; i < 3; i++ {
 				res, err := c.Send(context.Background(), &upstream.Message{From: "me@icloud.com",
 					To: []string{"a@example.com", "gone@example.com", "b@example.com"}, Body: strings.NewReader(dotty)})
@@ -256,4 +277,67 @@ func TestPipelinedRefusalsLeaveTheConnectionUsable(t *testing.T) {
 		t.Errorf("%d messages delivered, want 2", len(sc.bodies))
 	}
 	sc.check(t)
+}
+
+// A batch goes out back to back: with PIPELINING each message's end of
+// data travels with the next message's commands, a transaction refused
+// before its data is reset along the way, and every message gets its own
+// outcome; without PIPELINING the same batch goes one step at a time.
+func TestBatchBackToBack(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			sc, c := withGoneRecipient(t, pipelining)
+			msg := func(to ...string) *upstream.Message {
+				return &upstream.Message{From: "me@icloud.com", To: to, Body: strings.NewReader(dotty)}
+			}
+			out := c.SendBatch(context.Background(), []*upstream.Message{
+				msg("a@example.com"),
+				msg("gone@example.com"), // every recipient refused: no data, RSET
+				msg("b@example.com", "gone@example.com"),
+				msg("c@example.com"),
+			})
+			var ue *upstream.Error
+			if out[0].Err != nil || out[3].Err != nil || out[2].Err != nil || len(out[2].Result.Refused) != 1 {
+				t.Fatalf("outcomes: %+v %+v %+v %+v", out[0], out[1], out[2], out[3])
+			}
+			if !errors.As(out[1].Err, &ue) || ue.Stage != upstream.StageRcpt || ue.Code != 550 {
+				t.Fatalf("refused message: %v", out[1].Err)
+			}
+			sc.check(t)
+			sc.mu.Lock()
+			defer sc.mu.Unlock()
+			if len(sc.bodies) != 3 || c.Logins() != 1 {
+				t.Fatalf("%d messages over %d logins, want 3 over 1", len(sc.bodies), c.Logins())
+			}
+			// Ends of data followed by the next commands: after messages 1
+			// and 3 (message 2 had no data; its RSET went with message 3's).
+			if want := map[bool]int{true: 2, false: 0}[pipelining]; sc.dotFollowed != want {
+				t.Errorf("%d ends of data travelled with the next commands, want %d", sc.dotFollowed, want)
+			}
+		})
+	}
+}
+
+// A connection the server closes in the middle of a batch hands the rest
+// to a new one; nothing is lost or sent twice.
+func TestBatchContinuesOnANewConnection(t *testing.T) {
+	sc := &scripted{pipelining: true, closeAfter: 2}
+	startScripted(t, sc)
+	c := sc.client(t)
+	defer c.CloseIdle()
+	var msgs []*upstream.Message
+	for i := 0; i < 3; i++ {
+		msgs = append(msgs, &upstream.Message{From: "me@icloud.com", To: []string{fmt.Sprintf("r%d@example.com", i)}, Body: strings.NewReader(dotty)})
+	}
+	for i, d := range c.SendBatch(context.Background(), msgs) {
+		if d.Err != nil {
+			t.Errorf("message %d: %v", i, d.Err)
+		}
+	}
+	sc.check(t)
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if len(sc.bodies) != 3 || c.Logins() != 2 {
+		t.Fatalf("%d messages over %d logins, want 3 over 2", len(sc.bodies), c.Logins())
+	}
 }

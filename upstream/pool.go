@@ -2,11 +2,8 @@ package upstream
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
 // pool keeps logged-in sessions for reuse, so that a burst of messages costs
@@ -85,19 +82,4 @@ func (c *Client) CloseIdle() {
 			s.close()
 		}
 	}
-}
-
-// reusable reports whether a session that returned err may carry another
-// message: a refusal leaves the connection fine (the next use starts with
-// RSET), but a 421, a timeout or a broken connection do not.
-func reusable(err error) bool {
-	if err == nil {
-		return true
-	}
-	var e *Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	var se *smtp.SMTPError
-	return errors.As(e.Err, &se) && se.Code != 421
 }
