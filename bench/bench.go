@@ -42,9 +42,10 @@ type Options struct {
 	Messages    int // per concurrency level and mode
 	Rounds      int // the modes alternate in this many rounds per level
 	MessageSize int
-	SyncWindow  string // the relay's delivery.sync_window
-	BigMessage  bool   // also measure RSS with one 20 MiB message
-	RSA         bool   // the stand-in serves an RSA 2048 certificate
+	SyncWindow  string        // the relay's delivery.sync_window
+	BigMessage  bool          // also measure RSS with one 20 MiB message
+	RSA         bool          // the stand-in serves an RSA 2048 certificate
+	Latency     time.Duration // the stand-in's replies arrive this much later (a network's round trip)
 	Out         io.Writer
 }
 
@@ -63,6 +64,7 @@ type Result struct {
 
 // Report is the whole run.
 type Report struct {
+	Latency   time.Duration // added to the stand-in's replies
 	Results   []Result
 	IdleRSS   int64 // bytes, 0 where unknown
 	BigGrowth int64 // peak RSS growth while relaying one 20 MiB message
@@ -71,7 +73,7 @@ type Report struct {
 
 // Run runs the benchmark and prints it.
 func Run(ctx context.Context, o Options) (*Report, error) {
-	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 40 << 20, RSA: o.RSA})
+	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 40 << 20, RSA: o.RSA, Latency: o.Latency})
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +92,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	defer relay.stop()
-	rep := &Report{}
+	rep := &Report{Latency: o.Latency}
 	time.Sleep(time.Second) // let the relay settle before reading its idle size
 	rep.IdleRSS = rssOf(relay.cmd.Process.Pid, "VmRSS")
 
@@ -358,7 +360,11 @@ func cpuOf(pid string) time.Duration {
 }
 
 func (rep *Report) print(w io.Writer) {
-	fmt.Fprintf(w, "%d CPUs, %s/%s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(w, "%d CPUs, %s/%s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	if rep.Latency > 0 {
+		fmt.Fprintf(w, "; the stand-in's replies arrive %s late (a network round trip)", rep.Latency)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "%-7s %5s %6s %8s %9s %9s %10s %8s %13s %9s\n", "mode", "conc", "msgs", "msg/s", "p50", "p99", "end-to-end", "refused", "logins/1000", "cpu/msg")
 	byKey := map[string]Result{}
 	for _, r := range rep.Results {

@@ -340,6 +340,7 @@ type session struct {
 	healthy   bool
 	dirty     bool        // the last transaction failed: RSET before reuse
 	broken    error       // why the connection cannot carry more, if so
+	replies   int         // replies read so far
 	sent      int         // messages sent on this connection
 	idleTimer *time.Timer // closes the session when it idles too long in the pool
 }
@@ -519,14 +520,16 @@ func (c *Client) auth(client *smtp.Client) error {
 
 // txn is one message's transaction on a session.
 type txn struct {
-	m       *Message
-	res     *Result
-	err     error  // how it ended, when not delivered
-	refusal *Error // the first recipient refused
-	sent    bool   // its MAIL went out
-	data    bool   // 354 with recipients left: the data follows
-	dot     bool   // 354 with none left: an empty message ends it
-	n       int64  // data bytes sent
+	m        *Message
+	res      *Result
+	err      error  // how it ended, when not delivered
+	refusal  *Error // the first recipient refused
+	sent     bool   // its MAIL went out
+	data     bool   // 354 with recipients left: the data follows
+	dot      bool   // 354 with none left: an empty message ends it
+	rset     bool   // an RSET went before its MAIL (chunked batches)
+	finished bool   // every reply to it was read (chunked batches)
+	n        int64  // data bytes sent
 }
 
 // reset reports whether the server still holds t's transaction: it ended
@@ -553,8 +556,13 @@ func (s *session) send(m *Message) (*Result, error) {
 func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
 	pipelined, _ := s.client.Extension("PIPELINING")
 	txs := make([]*txn, len(msgs))
+	chunked, _ := s.client.Extension("CHUNKING")
 	for i, m := range msgs {
 		txs[i] = &txn{m: m, res: &Result{Port: s.port, Refused: map[string]*Error{}}}
+		chunked = chunked && m.Size <= maxChunk
+	}
+	if pipelined && chunked {
+		return s.sendChunked(txs, out)
 	}
 	s.begin(txs[0], pipelined)
 	for i, t := range txs {
@@ -606,9 +614,163 @@ func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
 	return len(txs)
 }
 
+// maxChunk bounds a message sent with BDAT (RFC 3030): its content is read
+// into memory to know its length. Larger ones go with DATA.
+const maxChunk = 256 << 10
+
+// sendChunked sends every message of the batch in one go when the server
+// offers CHUNKING and PIPELINING: each message is MAIL, RCPT..., "BDAT n
+// LAST" and its content, with no 354 to wait for, and each after the first
+// is preceded by RSET so that one message's failure cannot leave the next
+// in a half-open transaction. The whole batch costs one round trip. Every
+// message sent is finished (a break leaves the rest with an error, since
+// their content went out), except that a connection found dead before any
+// reply returns 0 (nothing was taken).
+func (s *session) sendChunked(txs []*txn, out []Delivery) int {
+	first := true
+	for _, t := range txs {
+		content := s.chunk(t)
+		if t.err != nil {
+			continue
+		}
+		if !first {
+			s.w.WriteString("RSET\r\n")
+		}
+		t.sent, t.rset, first = true, !first, false
+		fmt.Fprintf(s.w, "MAIL FROM:<%s>%s\r\n", t.m.From, s.mailParams(t.m))
+		for _, rcpt := range t.m.To {
+			fmt.Fprintf(s.w, "RCPT TO:<%s>\r\n", rcpt)
+		}
+		fmt.Fprintf(s.w, "BDAT %d LAST\r\n", len(content))
+		s.w.Write(content)
+		t.n = int64(len(content))
+	}
+	before := s.replies
+	for i, t := range txs {
+		if t.sent && s.broken == nil {
+			s.readChunked(t)
+		}
+		if t.sent && s.broken != nil {
+			if s.replies == before {
+				out[i] = Delivery{Result: t.res, Err: t.err}
+				return i // nothing came back: nothing was taken
+			}
+			if t.err == nil && !t.finished {
+				// Its content went out; whether the server kept it is unknown.
+				t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(s.broken)))
+			}
+		}
+		out[i] = Delivery{Result: t.res, Err: t.err}
+	}
+	last := txs[len(txs)-1]
+	s.dirty = last.err != nil
+	return len(txs)
+}
+
+// chunk checks what t's message needs and returns its content with CRLF
+// line ends, ending in CRLF; on a problem t.err says what.
+func (s *session) chunk(t *txn) []byte {
+	if s.check(t); t.err != nil {
+		return nil
+	}
+	raw, err := io.ReadAll(io.LimitReader(t.m.Body, maxChunk+1))
+	if err == nil && len(raw) > maxChunk {
+		err = fmt.Errorf("the message is larger than its size said (%d bytes)", t.m.Size)
+	}
+	if err != nil {
+		t.err = newError(StageData, s.port, err)
+		return nil
+	}
+	content := make([]byte, 0, len(raw)+64)
+	for len(raw) > 0 {
+		i := bytes.IndexByte(raw, '\n')
+		if i < 0 {
+			content = append(content, raw...)
+			break
+		}
+		content = append(content, raw[:i]...)
+		if i == 0 && (len(content) == 0 || content[len(content)-1] != '\r') || i > 0 && raw[i-1] != '\r' {
+			content = append(content, '\r')
+		}
+		content = append(content, '\n')
+		raw = raw[i+1:]
+	}
+	if len(content) > 0 && !bytes.HasSuffix(content, []byte("\r\n")) {
+		if content[len(content)-1] == '\r' {
+			content = append(content, '\n')
+		} else {
+			content = append(content, "\r\n"...)
+		}
+	}
+	return content
+}
+
+// readChunked reads the replies to one message of a chunked batch.
+func (s *session) readChunked(t *txn) {
+	if t.rset {
+		if err := s.read(250); err != nil {
+			t.err = newError(StageMail, s.port, eofMeansClosed(err))
+			return
+		}
+	}
+	m := t.m
+	mailErr := s.read(250)
+	if s.broken != nil {
+		t.err = newError(StageMail, s.port, eofMeansClosed(mailErr))
+		return
+	}
+	if mailErr == nil {
+		s.c.trace(StageMail, s.port, "sender <%s> accepted", m.From)
+	}
+	for _, rcpt := range m.To {
+		err := s.read(25)
+		switch {
+		case s.broken != nil:
+			t.err = newError(StageRcpt, s.port, eofMeansClosed(err))
+			return
+		case mailErr != nil:
+		case err == nil:
+			s.c.trace(StageRcpt, s.port, "recipient <%s> accepted", rcpt)
+		default:
+			e := newError(StageRcpt, s.port, err)
+			t.res.Refused[rcpt] = e
+			if t.refusal == nil {
+				t.refusal = e
+			}
+			s.c.trace(StageRcpt, s.port, "recipient <%s> refused: %d %s", rcpt, e.Code, e.Text)
+		}
+	}
+	err := s.read(250)
+	t.finished = s.broken == nil
+	switch {
+	case mailErr != nil:
+		t.err = newError(StageMail, s.port, mailErr)
+	case len(t.res.Refused) == len(m.To):
+		t.err = t.refusal
+	default:
+		s.ended(t, err)
+	}
+}
+
 // begin checks what t's message needs and writes its MAIL (with
 // PIPELINING also every RCPT and DATA), unflushed.
 func (s *session) begin(t *txn, pipelined bool) {
+	if s.check(t); t.err != nil {
+		return
+	}
+	m := t.m
+	t.sent = true
+	fmt.Fprintf(s.w, "MAIL FROM:<%s>%s\r\n", m.From, s.mailParams(m))
+	if pipelined {
+		for _, rcpt := range m.To {
+			fmt.Fprintf(s.w, "RCPT TO:<%s>\r\n", rcpt)
+		}
+		s.w.WriteString("DATA\r\n")
+	}
+}
+
+// check sets t.err when t's message cannot be sent on this connection.
+func (s *session) check(t *txn) {
 	m := t.m
 	if len(m.To) == 0 {
 		t.err = newError(StageRcpt, s.port, errors.New("the message has no recipients"))
@@ -632,14 +794,6 @@ func (s *session) begin(t *txn, pipelined bool) {
 				Remedy: "The sending program passed a malformed address; fix its configuration."}
 			return
 		}
-	}
-	t.sent = true
-	fmt.Fprintf(s.w, "MAIL FROM:<%s>%s\r\n", m.From, s.mailParams(m))
-	if pipelined {
-		for _, rcpt := range m.To {
-			fmt.Fprintf(s.w, "RCPT TO:<%s>\r\n", rcpt)
-		}
-		s.w.WriteString("DATA\r\n")
 	}
 }
 
@@ -716,10 +870,14 @@ func (s *session) writeData(t *txn) {
 
 // readEnd reads the reply to the end of the data.
 func (s *session) readEnd(t *txn) {
-	err := s.read(250)
+	if err := s.read(250); !t.dot { // after an empty message, t.err is the recipients' refusal
+		s.ended(t, err)
+	}
+}
+
+// ended files err, the reply to the end of t's data.
+func (s *session) ended(t *txn, err error) {
 	switch {
-	case t.dot:
-		// Refused by then: t.err is the recipients' refusal.
 	case err != nil && s.broken != nil:
 		t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(err)))
 	case err != nil:
@@ -761,6 +919,8 @@ func (s *session) read(expect int) error {
 	var se *smtp.SMTPError
 	if err != nil && (!errors.As(err, &se) || se.Code == 421) {
 		s.fail(err)
+	} else {
+		s.replies++
 	}
 	return err
 }

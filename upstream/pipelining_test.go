@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 // DATA must arrive together.
 type scripted struct {
 	pipelining bool
+	chunking   bool              // offer CHUNKING (BDAT)
 	mailReply  string            // reply to MAIL; "" means 250
 	rcptReply  map[string]string // reply per recipient; absent means 250
 	port       int
@@ -35,6 +37,7 @@ type scripted struct {
 	bodies      []string
 	mails       int
 	dotFollowed int // ends of data that arrived together with the next commands
+	turns       int // times, after login, the server waited for the client
 }
 
 func startScripted(t *testing.T, sc *scripted) {
@@ -83,11 +86,17 @@ func (sc *scripted) serve(c net.Conn) {
 		w.Flush()
 	}
 	say("220 scripted ESMTP")
-	accepted, inMail, delivered := 0, false, 0
+	accepted, inMail, delivered, authed := 0, false, 0, false
 	for {
+		waited := r.Buffered() == 0
 		line, err := r.ReadString('\n')
 		if err != nil {
 			return
+		}
+		if waited && authed {
+			sc.mu.Lock()
+			sc.turns++
+			sc.mu.Unlock()
 		}
 		line = strings.TrimRight(line, "\r\n")
 		verb := strings.ToUpper(strings.Fields(line + " x")[0])
@@ -97,6 +106,8 @@ func (sc *scripted) serve(c net.Conn) {
 			sc.violation("MAIL arrived alone although PIPELINING was offered")
 		case verb == "DATA" && sc.pipelining && more:
 			sc.violation("data arrived before the 354")
+		case verb == "BDAT" && !sc.chunking:
+			sc.violation("BDAT without CHUNKING offered")
 		case !sc.pipelining && more:
 			sc.violation("%q was followed by more before its reply, without PIPELINING", line)
 		}
@@ -106,8 +117,12 @@ func (sc *scripted) serve(c net.Conn) {
 			if sc.pipelining {
 				ext = append(ext, "250-PIPELINING")
 			}
+			if sc.chunking {
+				ext = append(ext, "250-CHUNKING")
+			}
 			say(append(ext, "250 SIZE 1000000")...)
 		case "AUTH":
+			authed = true
 			say("235 2.7.0 ok")
 		case "MAIL":
 			sc.mu.Lock()
@@ -160,6 +175,23 @@ func (sc *scripted) serve(c net.Conn) {
 			sc.bodies = append(sc.bodies, b.String())
 			sc.mu.Unlock()
 			delivered++
+			say("250 2.0.0 queued")
+		case "BDAT":
+			var n int
+			fmt.Sscanf(line, "BDAT %d LAST", &n)
+			chunk := make([]byte, n)
+			if _, err := io.ReadFull(r, chunk); err != nil {
+				return
+			}
+			if !inMail || accepted == 0 {
+				say("554 5.5.1 no valid recipients")
+				continue
+			}
+			sc.mu.Lock()
+			sc.bodies = append(sc.bodies, string(chunk))
+			sc.mu.Unlock()
+			delivered++
+			inMail = false
 			say("250 2.0.0 queued")
 		case "RSET":
 			accepted, inMail = 0, false
@@ -339,5 +371,41 @@ func TestBatchContinuesOnANewConnection(t *testing.T) {
 	defer sc.mu.Unlock()
 	if len(sc.bodies) != 3 || c.Logins() != 2 {
 		t.Fatalf("%d messages over %d logins, want 3 over 2", len(sc.bodies), c.Logins())
+	}
+}
+
+// With CHUNKING and PIPELINING a whole batch goes out in one round trip:
+// MAIL, RCPT, "BDAT n LAST" and the content for each message, with an RSET
+// before each after the first, and every message keeps its own outcome.
+func TestChunkedBatchInOneRoundTrip(t *testing.T) {
+	sc := &scripted{pipelining: true, chunking: true, rcptReply: map[string]string{"gone@example.com": "550 5.1.1 no such user"}}
+	startScripted(t, sc)
+	c := sc.client(t)
+	defer c.CloseIdle()
+	msg := func(to ...string) *upstream.Message {
+		return &upstream.Message{From: "me@icloud.com", To: to, Size: int64(len(dotty)), Body: strings.NewReader(dotty)}
+	}
+	out := c.SendBatch(context.Background(), []*upstream.Message{
+		msg("a@example.com"),
+		msg("gone@example.com"),
+		msg("b@example.com", "gone@example.com"),
+		msg("c@example.com"),
+	})
+	var ue *upstream.Error
+	if out[0].Err != nil || out[2].Err != nil || out[3].Err != nil || len(out[2].Result.Refused) != 1 {
+		t.Fatalf("outcomes: %+v %+v %+v %+v", out[0], out[1], out[2], out[3])
+	}
+	if !errors.As(out[1].Err, &ue) || ue.Stage != upstream.StageRcpt || ue.Code != 550 || ue.Temporary {
+		t.Fatalf("refused message: %v", out[1].Err)
+	}
+	sc.check(t)
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	want := "Subject: dots\r\n\r\n.leading dot\r\n..two\r\nbare\r\nLF\r\n.\r\n"
+	if len(sc.bodies) != 3 || sc.bodies[0] != want {
+		t.Fatalf("bodies %q, want 3 × %q", sc.bodies, want)
+	}
+	if sc.turns != 1 {
+		t.Errorf("the batch took %d round trips, want 1", sc.turns)
 	}
 }

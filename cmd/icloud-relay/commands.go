@@ -224,6 +224,7 @@ func benchCmd(args []string) int {
 	sync := fs.String("sync-window", "10s", "the relay's delivery.sync_window")
 	big := fs.Bool("big", true, "also relay one 20 MiB message and report the RSS growth")
 	useRSA := fs.Bool("rsa", false, "the stand-in serves an RSA 2048 certificate (default ECDSA P-256)")
+	latency := fs.Duration("latency", 0, "round-trip time added to the stand-in's replies, as across a network (e.g. 10ms)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "Usage: icloud-relay bench [flags]\n\nRuns this binary as a relay and compares it with direct delivery (STARTTLS+AUTH per\nmessage) against an in-process stand-in upstream, on loopback only.")
 		fs.PrintDefaults()
@@ -248,7 +249,7 @@ func benchCmd(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, Rounds: *rounds, MessageSize: *size,
-		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Out: os.Stdout}); err != nil {
+		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Latency: *latency, Out: os.Stdout}); err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
 	}

@@ -47,6 +47,9 @@ type Options struct {
 	// RSA serves an RSA 2048 certificate instead of ECDSA P-256: costlier
 	// handshakes, as with many public mail services.
 	RSA bool
+	// Latency delays everything the stand-in sends by this much: a round
+	// trip as across a network (iCloud is tens of milliseconds away).
+	Latency time.Duration
 }
 
 // Faults are injected misbehaviour. The zero value is a healthy server.
@@ -490,6 +493,9 @@ func (g *gate) Accept() (net.Conn, error) {
 		g.mu.Unlock()
 		if st == PortBlackhole {
 			continue
+		}
+		if d := g.srv.opts.Latency; d > 0 {
+			c = newSlowConn(c, d)
 		}
 		if g.tls != nil {
 			c = tls.Server(c, g.tls)
