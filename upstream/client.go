@@ -603,7 +603,10 @@ func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
 			if !pipelined {
 				s.w.WriteString("RSET\r\n")
 			}
-			if s.read(250) != nil {
+			if err := s.read(250); err != nil {
+				// Out of step (with PIPELINING the next commands are
+				// already out): this connection carries no more.
+				s.fail(err)
 				return i + 1
 			}
 		}
