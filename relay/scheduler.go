@@ -380,7 +380,8 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 	for i, it := range ready {
 		m := it.msg
 		log := s.log.With().Str("queue_id", m.ID).Logger()
-		if ctx.Err() != nil {
+		if ctx.Err() != nil && out[i].Err != nil {
+			// Cut short by shutdown: not a failure of the message.
 			if _, err := s.settle(it, false); err != nil {
 				s.dropLost(it, log, err)
 				continue
