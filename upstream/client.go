@@ -73,9 +73,27 @@ type Message struct {
 	From     string
 	To       []string
 	Size     int64
-	Body     io.Reader
-	UTF8     bool // the envelope or headers need SMTPUTF8
-	EightBit bool // the content has 8-bit bytes: needs 8BITMIME
+	Body     io.Reader // the whole message; an io.Seeker can be sent again
+	UTF8     bool      // the envelope or headers need SMTPUTF8
+	EightBit bool      // the content has 8-bit bytes: needs 8BITMIME
+
+	read bool // Body has been read from
+}
+
+// content returns the body from its start: a message tried again on
+// another connection may have been read on the first.
+func (m *Message) content() (io.Reader, error) {
+	if m.read {
+		sk, ok := m.Body.(io.Seeker)
+		if !ok {
+			return nil, errors.New("the message was partly read and cannot be read again")
+		}
+		if _, err := sk.Seek(0, io.SeekStart); err != nil {
+			return nil, err
+		}
+	}
+	m.read = true
+	return m.Body, nil
 }
 
 // Result tells, for a delivery that reached the RCPT stage, which
@@ -520,16 +538,17 @@ func (c *Client) auth(client *smtp.Client) error {
 
 // txn is one message's transaction on a session.
 type txn struct {
-	m        *Message
-	res      *Result
-	err      error  // how it ended, when not delivered
-	refusal  *Error // the first recipient refused
-	sent     bool   // its MAIL went out
-	data     bool   // 354 with recipients left: the data follows
-	dot      bool   // 354 with none left: an empty message ends it
-	rset     bool   // an RSET went before its MAIL (chunked batches)
-	finished bool   // every reply to it was read (chunked batches)
-	n        int64  // data bytes sent
+	m           *Message
+	res         *Result
+	err         error  // how it ended, when not delivered
+	refusal     *Error // the first recipient refused
+	sent        bool   // its MAIL went out
+	data        bool   // 354 with recipients left: the data follows
+	dot         bool   // 354 with none left: an empty message ends it
+	rset        bool   // an RSET went before its MAIL (chunked batches)
+	finished    bool   // every reply to it was read (chunked batches)
+	mailReplied bool   // the reply to its MAIL was read (chunked batches)
+	n           int64  // data bytes sent
 }
 
 // reset reports whether the server still holds t's transaction: it ended
@@ -625,10 +644,9 @@ const maxChunk = 256 << 10
 // offers CHUNKING and PIPELINING: each message is MAIL, RCPT..., "BDAT n
 // LAST" and its content, with no 354 to wait for, and each after the first
 // is preceded by RSET so that one message's failure cannot leave the next
-// in a half-open transaction. The whole batch costs one round trip. Every
-// message sent is finished (a break leaves the rest with an error, since
-// their content went out), except that a connection found dead before any
-// reply returns 0 (nothing was taken).
+// in a half-open transaction. The whole batch costs one round trip. As in
+// sendBatch, a break stops it: a message whose MAIL got no reply (or a
+// 421) was not taken, and neither were those after it.
 func (s *session) sendChunked(txs []*txn, out []Delivery) int {
 	first := true
 	for _, t := range txs {
@@ -648,22 +666,26 @@ func (s *session) sendChunked(txs []*txn, out []Delivery) int {
 		s.w.Write(content)
 		t.n = int64(len(content))
 	}
-	before := s.replies
 	for i, t := range txs {
-		if t.sent && s.broken == nil {
+		if t.sent {
 			s.readChunked(t)
 		}
-		if t.sent && s.broken != nil {
-			if s.replies == before {
-				out[i] = Delivery{Result: t.res, Err: t.err}
-				return i // nothing came back: nothing was taken
-			}
-			if t.err == nil && !t.finished {
-				// Its content went out; whether the server kept it is unknown.
-				t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(s.broken)))
-			}
-		}
 		out[i] = Delivery{Result: t.res, Err: t.err}
+		if s.broken == nil {
+			continue
+		}
+		if !t.mailReplied {
+			// Replies come in order: the server took nothing from this
+			// message on (a 421, or a connection found dead); they may go
+			// on another connection.
+			return i
+		}
+		if t.err == nil && !t.finished {
+			// Its content went out; whether the server kept it is unknown.
+			t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(s.broken)))
+			out[i].Err = t.err
+		}
+		return i + 1
 	}
 	last := txs[len(txs)-1]
 	s.dirty = last.err != nil
@@ -676,7 +698,11 @@ func (s *session) chunk(t *txn) []byte {
 	if s.check(t); t.err != nil {
 		return nil
 	}
-	raw, err := io.ReadAll(io.LimitReader(t.m.Body, maxChunk+1))
+	body, err := t.m.content()
+	var raw []byte
+	if err == nil {
+		raw, err = io.ReadAll(io.LimitReader(body, maxChunk+1))
+	}
 	if err == nil && len(raw) > maxChunk {
 		err = fmt.Errorf("the message is larger than its size said (%d bytes)", t.m.Size)
 	}
@@ -712,6 +738,8 @@ func (s *session) chunk(t *txn) []byte {
 func (s *session) readChunked(t *txn) {
 	if t.rset {
 		if err := s.read(250); err != nil {
+			// Out of step if the server said no: the rest cannot be read.
+			s.fail(err)
 			t.err = newError(StageMail, s.port, eofMeansClosed(err))
 			return
 		}
@@ -722,6 +750,7 @@ func (s *session) readChunked(t *txn) {
 		t.err = newError(StageMail, s.port, eofMeansClosed(mailErr))
 		return
 	}
+	t.mailReplied = true
 	if mailErr == nil {
 		s.c.trace(StageMail, s.port, "sender <%s> accepted", m.From)
 	}
@@ -859,8 +888,16 @@ func (s *session) writeData(t *txn) {
 	if s.buf == nil {
 		s.buf = make([]byte, 16<<10)
 	}
+	body, err := t.m.content()
+	if err != nil {
+		// Nothing of it went out, but the server waits for data: the
+		// connection is of no further use.
+		t.err = newError(StageData, s.port, err)
+		s.fail(err)
+		return
+	}
 	d := &dotWriter{w: s.w, last: '\n'}
-	n, err := d.copyFrom(t.m.Body, s.buf)
+	n, err := d.copyFrom(body, s.buf)
 	if err == nil {
 		err = d.end()
 	}

@@ -342,6 +342,11 @@ func TestReuseSurvivesAServerSideClose(t *testing.T) {
 	if s.Logins() != 2 || len(s.Messages()) != 2 {
 		t.Fatalf("%d logins, %d messages", s.Logins(), len(s.Messages()))
 	}
+	// The message tried again on the new connection is whole, although
+	// its first try had already read it.
+	if got := string(s.Messages()[1].Data); got != body {
+		t.Fatalf("the resent message is %q, want %q", got, body)
+	}
 }
 
 func TestIdleConnectionsAreClosed(t *testing.T) {

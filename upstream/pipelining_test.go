@@ -353,24 +353,35 @@ func TestBatchBackToBack(t *testing.T) {
 // A connection the server closes in the middle of a batch hands the rest
 // to a new one; nothing is lost or sent twice.
 func TestBatchContinuesOnANewConnection(t *testing.T) {
-	sc := &scripted{pipelining: true, closeAfter: 2}
-	startScripted(t, sc)
-	c := sc.client(t)
-	defer c.CloseIdle()
-	var msgs []*upstream.Message
-	for i := 0; i < 3; i++ {
-		msgs = append(msgs, &upstream.Message{From: "me@icloud.com", To: []string{fmt.Sprintf("r%d@example.com", i)}, Body: strings.NewReader(dotty)})
-	}
-	for i, d := range c.SendBatch(context.Background(), msgs) {
-		if d.Err != nil {
-			t.Errorf("message %d: %v", i, d.Err)
-		}
-	}
-	sc.check(t)
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	if len(sc.bodies) != 3 || c.Logins() != 2 {
-		t.Fatalf("%d messages over %d logins, want 3 over 2", len(sc.bodies), c.Logins())
+	for _, chunking := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunking=%v", chunking), func(t *testing.T) {
+			sc := &scripted{pipelining: true, chunking: chunking, closeAfter: 2}
+			startScripted(t, sc)
+			c := sc.client(t)
+			defer c.CloseIdle()
+			var msgs []*upstream.Message
+			for i := 0; i < 3; i++ {
+				msgs = append(msgs, &upstream.Message{From: "me@icloud.com", To: []string{fmt.Sprintf("r%d@example.com", i)},
+					Size: int64(len(dotty)), Body: strings.NewReader(dotty)})
+			}
+			for i, d := range c.SendBatch(context.Background(), msgs) {
+				if d.Err != nil {
+					t.Errorf("message %d: %v", i, d.Err)
+				}
+			}
+			sc.check(t)
+			sc.mu.Lock()
+			defer sc.mu.Unlock()
+			if len(sc.bodies) != 3 || c.Logins() != 2 {
+				t.Fatalf("%d messages over %d logins, want 3 over 2", len(sc.bodies), c.Logins())
+			}
+			// The third message, read once for the first connection, went
+			// whole on the second.
+			want := "Subject: dots\r\n\r\n.leading dot\r\n..two\r\nbare\r\nLF\r\n.\r\n"
+			if sc.bodies[2] != want {
+				t.Fatalf("third message %q, want %q", sc.bodies[2], want)
+			}
+		})
 	}
 }
 
