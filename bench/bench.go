@@ -246,20 +246,7 @@ func sendPlain(addr, from, body string) error {
 }
 
 func transact(c *smtp.Client, from, body string) error {
-	if err := c.Mail(from, nil); err != nil {
-		return err
-	}
-	if err := c.Rcpt("friend@example.com", nil); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := io.WriteString(w, body); err != nil {
-		return err
-	}
-	if err := w.Close(); err != nil {
+	if err := c.SendMail(from, []string{"friend@example.com"}, strings.NewReader(body)); err != nil {
 		return err
 	}
 	return c.Quit()

@@ -339,6 +339,7 @@ func (s *Scheduler) release(it *item, done bool, o Outcome) {
 func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 	now := time.Now()
 	var ready []*item
+	var logs []zerolog.Logger
 	var msgs []*upstream.Message
 	var bodies []io.Closer
 	for _, it := range batch {
@@ -366,7 +367,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 			s.failLocal(it, log, fmt.Sprintf("message data unreadable: %v", err))
 			continue
 		}
-		ready = append(ready, it)
+		ready, logs = append(ready, it), append(logs, log)
 		bodies = append(bodies, body)
 		msgs = append(msgs, &upstream.Message{From: m.From, To: m.Pending(), Size: m.Size, Body: body, UTF8: m.UTF8, EightBit: m.EightBit})
 	}
@@ -378,8 +379,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 		b.Close()
 	}
 	for i, it := range ready {
-		m := it.msg
-		log := s.log.With().Str("queue_id", m.ID).Logger()
+		m, log := it.msg, logs[i]
 		if ctx.Err() != nil && out[i].Err != nil {
 			// Cut short by shutdown: not a failure of the message.
 			if _, err := s.settle(it, false); err != nil {
@@ -478,10 +478,11 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 	}
 	if pending == 0 {
 		if failed == 0 {
-			if wasStaged && all {
-				// Never committed: nothing to remove but the data, gone already.
-			} else if err := s.q.Delete(m.ID); err != nil {
-				log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
+			// A staged message was never committed: settle removed its data.
+			if !wasStaged {
+				if err := s.q.Delete(m.ID); err != nil {
+					log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
+				}
 			}
 			log.Info().Int("port", port).Int("attempt", m.Attempts).Int("rcpts", delivered).Dur("took", took).Msg("delivered")
 			s.release(it, true, Outcome{Delivered: true})

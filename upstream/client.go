@@ -358,7 +358,6 @@ type session struct {
 	healthy   bool
 	dirty     bool        // the last transaction failed: RSET before reuse
 	broken    error       // why the connection cannot carry more, if so
-	replies   int         // replies read so far
 	sent      int         // messages sent on this connection
 	idleTimer *time.Timer // closes the session when it idles too long in the pool
 }
@@ -546,7 +545,6 @@ type txn struct {
 	data        bool   // 354 with recipients left: the data follows
 	dot         bool   // 354 with none left: an empty message ends it
 	rset        bool   // an RSET went before its MAIL (chunked batches)
-	finished    bool   // every reply to it was read (chunked batches)
 	mailReplied bool   // the reply to its MAIL was read (chunked batches)
 	n           int64  // data bytes sent
 }
@@ -680,11 +678,8 @@ func (s *session) sendChunked(txs []*txn, out []Delivery) int {
 			// on another connection.
 			return i
 		}
-		if t.err == nil && !t.finished {
-			// Its content went out; whether the server kept it is unknown.
-			t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(s.broken)))
-			out[i].Err = t.err
-		}
+		// Its reply says what became of it (a break before the last one is
+		// an error: its content went out, whether it was kept is unknown).
 		return i + 1
 	}
 	last := txs[len(txs)-1]
@@ -773,7 +768,6 @@ func (s *session) readChunked(t *txn) {
 		}
 	}
 	err := s.read(250)
-	t.finished = s.broken == nil
 	switch {
 	case mailErr != nil:
 		t.err = newError(StageMail, s.port, mailErr)
@@ -959,8 +953,6 @@ func (s *session) read(expect int) error {
 	var se *smtp.SMTPError
 	if err != nil && (!errors.As(err, &se) || se.Code == 421) {
 		s.fail(err)
-	} else {
-		s.replies++
 	}
 	return err
 }

@@ -88,13 +88,7 @@ sync_window = %q
 	s.SetFaults(upstreamtest.Faults{})
 	p := startProc(t, "run", "--config", config(kills))
 	p.waitLog(t, "listening for local mail clients")
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		if entries, _ := filepath.Glob(filepath.Join(dir, "queue", "active", "*.json")); len(entries) == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitQueueEmpty(dir, 60*time.Second)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	<-p.done
 
