@@ -100,7 +100,7 @@ func TestIdleClientTimesOutAndLongLinesAreRefused(t *testing.T) {
 	defer c2.Close()
 	r2 := bufio.NewReader(c2)
 	r2.ReadString('\n')
-	c2.Write([]byte("EHLO " + strings.Repeat("x", 5000) + "\r\n"))
+	c2.Write([]byte("EHLO " + strings.Repeat("x", 10000) + "\r\n"))
 	c2.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if l, _ := r2.ReadString('\n'); !strings.HasPrefix(l, "500 5.4.0") {
 		t.Fatalf("over-long line got %q, want 500 5.4.0", l)

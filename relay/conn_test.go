@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"io"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,7 +46,8 @@ func loopbackPair(t *testing.T) (*clientConn, *countingConn, net.Conn) {
 	t.Cleanup(func() { client.Close(); server.Close() })
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	counted := &countingConn{Conn: server}
-	return &clientConn{Conn: counted, srv: &Server{log: zerolog.Nop()}}, counted, client
+	srv := &Server{log: zerolog.Nop(), perClient: map[netip.Prefix]int{}}
+	return &clientConn{Conn: counted, srv: srv}, counted, client
 }
 
 func TestRepliesGoOutInOneWriteWhenTheServerReads(t *testing.T) {

@@ -91,12 +91,16 @@ type edits struct {
 // server pools them: a fresh set per message would be ~100 KiB of garbage,
 // and the collector's work would show in every message's cost.
 type intakeBuffers struct {
-	in   *bufio.Reader // the client's data, with look-ahead for crlfReader
-	crlf crlfReader
-	br   *bufio.Reader // reads the header block a line at a time
-	raw  bytes.Buffer  // the header block as received
-	head bytes.Buffer  // the header block as it will be stored
+	in     *bufio.Reader // the client's data, with look-ahead for crlfReader
+	crlf   crlfReader
+	br     *bufio.Reader // reads the header block a line at a time
+	raw    bytes.Buffer  // the header block as received
+	head   bytes.Buffer  // the header block as it will be stored
+	fields []span        // the header fields, as spans of raw
 }
+
+// span is a part of a buffer: [start, end).
+type span struct{ start, end int }
 
 func newIntakeBuffers() *intakeBuffers {
 	b := &intakeBuffers{in: bufio.NewReader(nil)}
@@ -160,30 +164,39 @@ func fixMessage(b *intakeBuffers, r io.Reader, in intake) (*fixedMessage, *edits
 	b.raw.Reset()
 	b.head.Reset()
 	br, raw, out := b.br, &b.raw, &b.head
-	var fields []string
+	// Lines are read no longer than br's buffer, and a folded field grows
+	// its span, not a copy: the work is linear in the header's size and the
+	// memory bounded whatever the input (a "line" of 19 MiB, 60,000
+	// continuation lines).
+	fields := b.fields[:0]
 	complete := false
 read:
 	for raw.Len() <= maxHeaderBlock {
-		line, err := br.ReadString('\n')
-		if err != nil && err != io.EOF {
+		line, err := br.ReadSlice('\n')
+		if err != nil && err != io.EOF && err != bufio.ErrBufferFull {
 			return nil, nil, err
 		}
-		raw.WriteString(line)
-		trimmed := strings.TrimRight(line, "\r\n")
+		start := raw.Len()
+		raw.Write(line)
+		if err == bufio.ErrBufferFull {
+			break // a line longer than any header line: not a header block
+		}
+		trimmed := bytes.TrimRight(line, "\r\n")
 		switch {
-		case line == "":
+		case len(line) == 0:
 			// End of input inside the header block.
-		case trimmed == "":
+		case len(trimmed) == 0:
 			complete = true // the blank line that ends the header block
 		case (trimmed[0] == ' ' || trimmed[0] == '\t') && len(fields) > 0:
-			fields[len(fields)-1] += line
+			fields[len(fields)-1].end = raw.Len()
 			continue read
-		case isFieldLine(trimmed):
-			fields = append(fields, line)
+		case isFieldLine(string(trimmed)):
+			fields = append(fields, span{start, raw.Len()})
 			continue read
 		}
 		break
 	}
+	b.fields = fields
 	ed := &edits{}
 	if in.received {
 		fmt.Fprintf(out, "Received: from %s (%s)\r\n\tby %s (icloud-relay) with ESMTP id %s;\r\n\t%s\r\n",
@@ -194,17 +207,24 @@ read:
 		out.Write(raw.Bytes())
 		return &fixedMessage{b: b, head: out.Bytes()}, ed, nil
 	}
+	rawBytes := raw.Bytes()
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		name, _, _ := bytes.Cut(rawBytes[f.start:min(f.end, f.start+80)], []byte(":"))
+		names[i] = strings.ToLower(strings.TrimSpace(string(name)))
+	}
 	has := func(name string) bool {
-		for _, f := range fields {
-			if headerName(f) == name {
+		for _, n := range names {
+			if n == name {
 				return true
 			}
 		}
 		return false
 	}
 	signed := has("dkim-signature")
-	for _, f := range fields {
-		if headerName(f) == "from" && in.policy.Mode == RewriteHeader {
+	for i, fs := range fields {
+		f := string(rawBytes[fs.start:fs.end])
+		if names[i] == "from" && in.policy.Mode == RewriteHeader {
 			if nf, orig, ok := rewriteFrom(f, in.policy); ok {
 				if signed {
 					ed.signedKept = true
@@ -296,16 +316,19 @@ func randomHex(n int) string {
 // after CRLF), so such clients' lines starting with "." survive intact. It
 // works a chunk at a time: this is on every message's path.
 type crlfReader struct {
-	r      *bufio.Reader
-	prevCR bool // the last byte seen was '\r'
-	bol    bool // at the start of a line that followed a bare LF
-	raw    [32 << 10]byte
-	buf    []byte
-	out    []byte
+	r       *bufio.Reader
+	prevCR  bool  // the last byte seen was '\r'
+	bol     bool  // at the start of a line that followed a bare LF
+	line    int64 // length of the line being read so far
+	longest int64 // of the lines read, without their line breaks
+	err     error // the read error that comes after the bytes already read
+	raw     [32 << 10]byte
+	buf     []byte
+	out     []byte
 }
 
 func (c *crlfReader) reset(r *bufio.Reader) {
-	c.r, c.prevCR, c.bol, c.out = r, false, false, nil
+	c.r, c.prevCR, c.bol, c.out, c.line, c.longest, c.err = r, false, false, nil, 0, 0, nil
 }
 
 // WriteTo hands each converted chunk straight to w.
@@ -340,11 +363,12 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 }
 
 func (c *crlfReader) fill() error {
+	if c.err != nil {
+		return c.err
+	}
 	n, err := c.r.Read(c.raw[:])
+	c.err = err // a read may return data and an error: the error comes next
 	if n == 0 {
-		if err == nil {
-			return nil
-		}
 		return err
 	}
 	in, out := c.raw[:n], c.buf[:0]
@@ -366,10 +390,16 @@ func (c *crlfReader) fill() error {
 		if i < 0 {
 			out = append(out, in...)
 			c.prevCR = in[len(in)-1] == '\r'
+			c.line += int64(len(in))
 			break
 		}
 		out = append(out, in[:i]...)
-		if !((i > 0 && in[i-1] == '\r') || (i == 0 && c.prevCR)) {
+		cr := (i > 0 && in[i-1] == '\r') || (i == 0 && c.prevCR)
+		if c.line += int64(i); cr {
+			c.line--
+		}
+		c.longest, c.line = max(c.longest, c.line), 0
+		if !cr {
 			out = append(out, '\r')
 			c.bol = true
 		}

@@ -9,7 +9,6 @@ package relay
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -22,11 +21,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
-	"github.com/icloud-relay/icloud-relay/internal/saslserver"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 )
 
@@ -41,10 +38,13 @@ type ListenConfig struct {
 	MaxRecipients  int
 	Timeout        time.Duration
 	MaxConnections int // concurrent client connections; 0: no limit
-	SyncWindow     time.Duration
-	Sender         SenderPolicy
-	ReceivedHeader bool     // add a Received trace header
-	TLSAddrs       []string // implicit-TLS listeners, for clients that only speak that
+	// MaxConnectionsPerClient caps one client address's (an IPv6 /64's)
+	// concurrent connections; 0: no limit.
+	MaxConnectionsPerClient int
+	SyncWindow              time.Duration
+	Sender                  SenderPolicy
+	ReceivedHeader          bool     // add a Received trace header
+	TLSAddrs                []string // implicit-TLS listeners, for clients that only speak that
 	// UpstreamLimit, if set, returns the upstream's advertised size limit
 	// (0 while unknown), so a client announcing a larger SIZE is refused
 	// at once instead of after the upload.
@@ -61,26 +61,14 @@ type Server struct {
 	lns   []net.Listener
 	wg    sync.WaitGroup
 
-	mu       sync.Mutex
-	sessions map[*session]struct{}
-	failures map[string]*authFailures // by client IP
-	conns    atomic.Int64
-	intake   sync.Pool // *intakeBuffers
+	mu        sync.Mutex
+	sessions  map[*session]struct{}
+	logins    loginLimits
+	connCount int
+	perClient map[netip.Prefix]int
+	refusals  refusalLogs
+	intake    sync.Pool // *intakeBuffers
 }
-
-// authFailures counts a client address's refused local logins.
-type authFailures struct {
-	count int
-	since time.Time
-}
-
-// Local login rate limit: after maxAuthFailures refused logins within
-// authFailureWindow, an address is refused logins until the window passes.
-const (
-	maxAuthFailures   = 5
-	authFailureWindow = 10 * time.Minute
-	authFailureDelay  = time.Second
-)
 
 // NewServer returns a listener that queues into q and hands to sched.
 func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.Logger) *Server {
@@ -89,7 +77,8 @@ func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.L
 	if cfg.MaxMessageSize > 4*headerReserve {
 		cfg.MaxMessageSize -= headerReserve
 	}
-	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}, failures: map[string]*authFailures{}}
+	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}, logins: newLoginLimits(),
+		perClient: map[netip.Prefix]int{}, refusals: newRefusalLogs(log, refusalInterval)}
 	s.intake.New = func() any { return newIntakeBuffers() }
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
@@ -98,10 +87,13 @@ func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.L
 	srv.MaxMessageBytes = cfg.MaxMessageSize + 1
 	srv.EnableSMTPUTF8 = true
 	srv.MaxRecipients = cfg.MaxRecipients
-	srv.ReadTimeout = cfg.Timeout
+	// Read deadlines and line lengths are the connection guard's (conn.go):
+	// go-smtp's cannot tell a command from a message body.
+	srv.ReadTimeout = 0
+	srv.MaxLineLength = 0
 	srv.WriteTimeout = cfg.Timeout
-	// Local clients (scanners, scripts) rarely do TLS; the listener is
-	// loopback-only unless allowed networks and users are configured.
+	// Local clients (scanners, scripts) rarely do TLS: logins in clear
+	// text are taken from this machine only (see session.AuthMechanisms).
 	srv.AllowInsecureAuth = true
 	srv.ErrorLog = errorLog{log}
 	s.smtp = srv
@@ -206,7 +198,7 @@ func (s *Server) Close() {
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
-	ss := &session{srv: s, conn: c, helo: c.Hostname(), remote: c.Conn().RemoteAddr().String()}
+	ss := &session{srv: s, conn: c, guard: guardOf(c.Conn()), helo: c.Hostname(), remote: c.Conn().RemoteAddr().String()}
 	s.mu.Lock()
 	s.sessions[ss] = struct{}{}
 	s.mu.Unlock()
@@ -216,6 +208,7 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 type session struct {
 	srv    *Server
 	conn   *smtp.Conn
+	guard  *clientConn // nil in tests that build sessions directly
 	busy   atomic.Bool // inside a mail transaction: a stop waits for it
 	remote string
 	authed bool
@@ -227,79 +220,10 @@ type session struct {
 	rcpts    []string
 }
 
-func (ss *session) AuthMechanisms() []string { return []string{sasl.Plain, sasl.Login} }
-
-func (ss *session) Auth(mech string) (sasl.Server, error) {
-	ip, _, _ := net.SplitHostPort(ss.remote)
-	if wait := ss.srv.authBlocked(ip); wait > 0 {
-		return nil, &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-			Message: fmt.Sprintf("Too many failed logins from your address; try again in %s", wait.Round(time.Second))}
-	}
-	check := func(user, pass string) error {
-		if ss.srv.checkUser(user, pass) {
-			ss.authed = true
-			return nil
-		}
-		n := ss.srv.authFailed(ip)
-		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("username", user).Int("failures", n).
-			Str("remedy", "Check the login in the client against [[listen.users]] in the relay's config.").Msg("local login refused")
-		time.Sleep(authFailureDelay) // slows guessing
-		return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Wrong username or password for this relay (see [[listen.users]] in its config)"}
-	}
-	switch mech {
-	case sasl.Plain:
-		return sasl.NewPlainServer(func(_, user, pass string) error { return check(user, pass) }), nil
-	case sasl.Login:
-		return saslserver.NewLoginServer(check), nil
-	}
-	return nil, smtp.ErrAuthUnknownMechanism
-}
-
-// authBlocked says how long ip must wait before logging in again.
-func (s *Server) authBlocked(ip string) time.Duration {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	f := s.failures[ip]
-	if f == nil {
-		return 0
-	}
-	left := authFailureWindow - time.Since(f.since)
-	if left <= 0 {
-		delete(s.failures, ip)
-		return 0
-	}
-	if f.count < maxAuthFailures {
-		return 0
-	}
-	return left
-}
-
-func (s *Server) authFailed(ip string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	f := s.failures[ip]
-	if f == nil || time.Since(f.since) > authFailureWindow {
-		f = &authFailures{since: time.Now()}
-		s.failures[ip] = f
-	}
-	f.count++
-	return f.count
-}
-
-// checkUser accepts any login when no users are configured (the listener is
-// then loopback-only): old clients that insist on AUTH must still work.
-func (s *Server) checkUser(user, pass string) bool {
-	if len(s.cfg.Users) == 0 {
-		return true
-	}
-	want, ok := s.cfg.Users[user]
-	if !ok {
-		want = "\x00never" // compare anyway: timing must not reveal user names
-	}
-	return subtle.ConstantTimeCompare([]byte(pass), []byte(want)) == 1 && ok
-}
-
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.guard.isEnded() {
+		return errEnded
+	}
 	if len(ss.srv.cfg.Users) > 0 && !ss.authed {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required: log in with a user from this relay's [[listen.users]]"}
 	}
@@ -328,16 +252,31 @@ func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return nil
 }
 
+// Data reads one message. It runs in the guard's data phase; a transfer
+// that fails (the client stalls, sends too much, hangs up, or the message
+// cannot be stored) ends the connection, so that nothing of the body can
+// be read as commands. A verdict on a message read whole (the upstream's
+// refusal in the sync window) does not.
 func (ss *session) Data(r io.Reader) error {
+	ss.guard.beginData()
+	reply, failed := ss.data(r)
+	ss.guard.endData(failed)
+	if reply == nil {
+		return nil
+	}
+	return reply
+}
+
+func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	s := ss.srv
 	m := &queue.Message{ID: queue.NewID(time.Now()), From: ss.from, UTF8: ss.utf8}
 	for _, to := range ss.rcpts {
 		m.Rcpts = append(m.Rcpts, queue.Recipient{Addr: to, Status: queue.Pending})
 	}
 	host, _, _ := net.SplitHostPort(ss.remote)
-	eight := &eightBitReader{r: r}
+	cr := &clientReader{r: r}
 	bufs := s.intake.Get().(*intakeBuffers)
-	fixed, ed, err := fixMessage(bufs, eight, intake{id: m.ID, helo: ss.helo, client: host, by: s.cfg.Hostname,
+	fixed, ed, err := fixMessage(bufs, cr, intake{id: m.ID, helo: ss.helo, client: host, by: s.cfg.Hostname,
 		received: s.cfg.ReceivedHeader, policy: s.cfg.Sender, now: time.Now()})
 	// With a sync window the client waits for the first attempt, and the
 	// message stays staged: committed to disk only when the upstream does
@@ -346,24 +285,25 @@ func (ss *session) Data(r io.Reader) error {
 	if err == nil {
 		st, err = s.q.Stage(m, fixed)
 	}
+	longest := bufs.crlf.longest
+	bufs.in.Reset(nil) // hold no reference to this client while pooled
+	s.intake.Put(bufs)
+	if err == nil && longest > maxLineLength {
+		if err = s.q.Rewrite(st, m, reencodeLongLines); err != nil {
+			s.q.Discard(st)
+		} else if m.Size > s.cfg.MaxMessageSize+headerReserve {
+			s.q.Discard(st)
+			err = &lineGrowthError{size: m.Size}
+		}
+	}
 	if err == nil {
-		m.EightBit = eight.seen // known once the data is read
+		m.EightBit = cr.eightBit // known once the data is read
 		if s.cfg.SyncWindow <= 0 {
 			err, st = s.q.Commit(st, m), nil
 		}
 	}
-	bufs.in.Reset(nil) // hold no reference to this client while pooled
-	s.intake.Put(bufs)
 	if err != nil {
-		if errors.Is(err, smtp.ErrDataTooLarge) {
-			s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.cfg.MaxMessageSize).Msg("message refused: too large")
-			return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-				Message: fmt.Sprintf("Message too large: this relay accepts up to %d bytes (iCloud's limit is about 20 MB)", s.cfg.MaxMessageSize)}
-		}
-		s.log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
-			Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
-			Msg("cannot store an incoming message; the client was told to retry")
-		return storeFailed(err)
+		return ss.intakeFailed(err), true
 	}
 	log := s.log.With().Str("queue_id", m.ID).Logger()
 	log.Info().Str("client", ss.remote).Str("from", m.From).Int("rcpts", len(m.Rcpts)).Int64("size", m.Size).Msg("message accepted")
@@ -384,28 +324,76 @@ func (ss *session) Data(r io.Reader) error {
 		select {
 		case o := <-ch:
 			if reply := s.outcomeReply(m, o); reply != nil {
-				return reply
+				return reply, false
 			}
 		case <-t.C:
 		}
 	}
 	if st != nil {
 		if err := s.sched.Commit(m.ID); err != nil {
-			log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
-				Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
-				Msg("cannot store an incoming message; the client was told to retry")
-			return storeFailed(err)
+			return ss.intakeFailed(err), true
 		}
 		// The attempt may have ended while the message was committed.
 		select {
 		case o := <-ch:
 			if reply := s.outcomeReply(m, o); reply != nil {
-				return reply
+				return reply, false
 			}
 		default:
 		}
 	}
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}, false
+}
+
+// intakeFailed logs why a message could not be taken and returns the
+// reply: the client's own failures (a stall, too much data, a hang-up, a
+// line that cannot be sent) are never blamed on the queue, and a
+// permanent problem never gets a temporary reply.
+func (ss *session) intakeFailed(err error) *smtp.SMTPError {
+	s := ss.srv
+	var ce *clientError
+	var le *LineError
+	var ge *lineGrowthError
+	var se *smtp.SMTPError
+	switch {
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.cfg.MaxMessageSize).
+			Str("remedy", "Send a smaller message (attachments of a few MB at most), or raise listen.max_message_size up to iCloud's limit of about 20 MB.").
+			Msg("message refused: too large")
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+			Message: fmt.Sprintf("Message too large: this relay accepts up to %d bytes (iCloud's limit is about 20 MB)", s.cfg.MaxMessageSize)}
+	case errors.As(err, &le):
+		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("line", le.Line).Int64("line_length", le.Length).
+			Str("remedy", "Have the program send lines of at most 998 characters (or send the content as an attachment).").
+			Msg("message refused: a line too long to deliver")
+		return le.SMTPReply()
+	case errors.As(err, &ge):
+		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("size", ge.size).Int64("limit", s.cfg.MaxMessageSize).
+			Str("remedy", "Send a smaller message, or one with lines of at most 998 characters.").
+			Msg("message refused: too large once its long lines are re-encoded")
+		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
+			Message: fmt.Sprintf("Message too large: re-encoding its long lines makes it %d bytes, over this relay's limit of %d", ge.size, s.cfg.MaxMessageSize)}
+	case errors.As(err, &ce) && errors.As(err, &se):
+		// The guard's own reply: the client stalled mid-message.
+		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("timeout_ms", s.cfg.Timeout.Milliseconds()).
+			Str("remedy", "The client stopped sending in the middle of a message; the message was not taken and the client must send it again. For a very slow client raise listen.timeout.").
+			Msg("client stalled in the middle of a message; closed")
+		return se
+	case errors.As(err, &ce):
+		s.log.Info().Str("stage", "accept").Str("client", ss.remote).Err(ce.err).Msg("client hung up in the middle of a message; nothing was taken")
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "The message did not arrive whole; closing"}
+	}
+	s.log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
+		Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
+		Msg("cannot store an incoming message; the client was told to retry")
+	return storeFailed(err)
+}
+
+// lineGrowthError: re-encoding long lines made a message too large.
+type lineGrowthError struct{ size int64 }
+
+func (e *lineGrowthError) Error() string {
+	return fmt.Sprintf("re-encoded message is %d bytes, too large", e.size)
 }
 
 // outcomeReply is the reply for a first attempt's outcome, or nil when the
@@ -457,156 +445,36 @@ func (ss *session) Logout() error {
 	return nil
 }
 
-// eightBitReader notes whether a message has bytes above 127, which need
-// 8BITMIME upstream.
-type eightBitReader struct {
-	r    io.Reader
-	seen bool
+// clientReader reads a message's data from the client. It notes bytes
+// above 127 (which need 8BITMIME upstream), and marks its errors as the
+// client's, so that a stalled or broken upload is never reported as a
+// queue failure.
+type clientReader struct {
+	r        io.Reader
+	eightBit bool
 }
 
-func (e *eightBitReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if !e.seen {
+func (c *clientReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if !c.eightBit {
 		for _, b := range p[:n] {
 			if b >= 0x80 {
-				e.seen = true
+				c.eightBit = true
 				break
 			}
 		}
 	}
-	return n, err
-}
-
-// accessListener turns away clients outside the allowed networks before
-// they see a greeting, so the relay cannot be used as an open relay.
-// It also caps concurrent connections and logs clients that time out.
-type accessListener struct {
-	net.Listener
-	srv *Server
-}
-
-func (l *accessListener) Accept() (net.Conn, error) {
-	s := l.srv
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-		if !allowed(s.cfg.Allow, ap.Addr().Unmap()) {
-			s.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).
-				Str("remedy", "Add the client's network to listen.allow (and set [[listen.users]]) if it should be able to send.").
-				Msg("connection refused: address not in listen.allow")
-			go refuse(c, "554 5.7.1 Your address is not allowed to use this relay")
-			continue
-		}
-		if n := s.conns.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
-			s.conns.Add(-1)
-			s.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).Int("max_connections", s.cfg.MaxConnections).
-				Str("remedy", "A client opens too many connections at once; raise listen.max_connections if that is expected.").
-				Msg("connection refused: too many connections")
-			go refuse(c, "421 4.7.0 Too many connections to this relay; try again shortly")
-			continue
-		}
-		return &clientConn{Conn: c, srv: s}, nil
-	}
-}
-
-func refuse(c net.Conn, reply string) {
-	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(c, reply+"\r\n")
-	c.Close()
-}
-
-// clientConn counts the connection, logs a client that went silent, and
-// holds the server's replies until it next reads (or closes): go-smtp
-// writes a reply a line at a time (eleven writes for EHLO), which costs a
-// system call and a wake-up of the client per line. A request-response
-// server always reads or closes after replying, so nothing waits long.
-type clientConn struct {
-	net.Conn
-	srv    *Server
-	closed atomic.Bool
-
-	mu  sync.Mutex
-	out []byte // replies not yet sent
-}
-
-// maxHeldReply bounds what clientConn holds back; more is sent at once.
-const maxHeldReply = 16 << 10
-
-func (c *clientConn) Write(b []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.out)+len(b) > maxHeldReply {
-		if err := c.flushLocked(); err != nil {
-			return 0, err
-		}
-		if len(b) > maxHeldReply {
-			return c.Conn.Write(b)
-		}
-	}
-	c.out = append(c.out, b...)
-	return len(b), nil
-}
-
-func (c *clientConn) flushLocked() error {
-	if len(c.out) == 0 {
-		return nil
-	}
-	_, err := c.Conn.Write(c.out)
-	c.out = c.out[:0]
-	return err
-}
-
-// SetWriteDeadline and SetDeadline first send what is held, under the
-// deadline it was written under (crypto/tls sets an expired one when it
-// closes, after its last alert).
-func (c *clientConn) SetWriteDeadline(t time.Time) error {
-	c.flush()
-	return c.Conn.SetWriteDeadline(t)
-}
-
-func (c *clientConn) SetDeadline(t time.Time) error {
-	c.flush()
-	return c.Conn.SetDeadline(t)
-}
-
-func (c *clientConn) flush() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.flushLocked()
-}
-
-func (c *clientConn) Read(b []byte) (int, error) {
-	if err := c.flush(); err != nil {
-		return 0, err
-	}
-	n, err := c.Conn.Read(b)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		c.srv.log.Warn().Str("stage", "accept").Str("client", c.RemoteAddr().String()).Dur("timeout", c.srv.cfg.Timeout).
-			Msg("client connection timed out; closed")
+	if err != nil && err != io.EOF {
+		err = &clientError{err: err}
 	}
 	return n, err
 }
 
-func (c *clientConn) Close() error {
-	c.flush() // the last reply (221, 421) still goes out
-	if c.closed.CompareAndSwap(false, true) {
-		c.srv.conns.Add(-1)
-	}
-	return c.Conn.Close()
-}
+// clientError is a failure to read from the client.
+type clientError struct{ err error }
 
-func allowed(nets []netip.Prefix, a netip.Addr) bool {
-	for _, n := range nets {
-		if n.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+func (e *clientError) Error() string { return "reading the message from the client: " + e.err.Error() }
+func (e *clientError) Unwrap() error { return e.err }
 
 // errorLog routes go-smtp's internal errors into the structured log.
 type errorLog struct{ log zerolog.Logger }

@@ -224,6 +224,57 @@ func (q *Queue) Stage(m *Message, body io.Reader) (*Staged, error) {
 	return &Staged{f: f, id: m.ID}, nil
 }
 
+// Rewrite replaces a staged message's data with what rewrite makes of it
+// (the intake re-encodes long lines so), and updates m.Size. rewrite gets
+// a function that opens the staged data from its start, as often as it
+// needs. The new data takes the old one's place by a rename, which is
+// safe: a staged message has no metadata yet. On error the staged message
+// is left as it was, and the error is rewrite's own (unwrapped), so the
+// caller can tell a refusal from a failure to write.
+func (q *Queue) Rewrite(st *Staged, m *Message, rewrite func(open func() (io.Reader, error), w io.Writer) error) error {
+	path := st.f.Name()
+	var opened []*os.File
+	defer func() {
+		for _, f := range opened {
+			f.Close()
+		}
+	}()
+	open := func() (io.Reader, error) {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, &Error{Op: "read", ID: st.id, Err: err}
+		}
+		opened = append(opened, f)
+		return f, nil
+	}
+	tmp, err := os.CreateTemp(q.tmp, st.id+"-*.eml")
+	if err != nil {
+		return &Error{Op: "create", ID: st.id, Err: err}
+	}
+	if err := rewrite(open, tmp); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	info, err := tmp.Stat()
+	if err == nil {
+		// On Windows an open file cannot be replaced: close both first.
+		for _, f := range opened {
+			f.Close()
+		}
+		opened = nil
+		st.f.Close()
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return &Error{Op: "rewrite", ID: st.id, Err: err}
+	}
+	st.f, m.Size = tmp, info.Size()
+	return nil
+}
+
 // Commit makes a staged message durable: the data is synced, then m, its
 // metadata, written. On failure nothing of it is left.
 func (q *Queue) Commit(st *Staged, m *Message) error {
