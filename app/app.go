@@ -62,7 +62,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 	lc := relay.ListenConfig{
 		Addrs: listenAddrs(l.Addr), Allow: l.AllowNets, Users: map[string]string{},
 		Hostname: l.Hostname, MaxMessageSize: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
-		Timeout: l.Timeout.D(), MaxConnections: l.MaxConnections, SyncWindow: d.SyncWindow.D(), UpstreamLimit: a.up.MaxSize,
+		Timeout: l.Timeout.D(), MaxConnections: l.MaxConnections, MaxConnectionsPerClient: l.MaxConnectionsPerClient, SyncWindow: d.SyncWindow.D(), UpstreamLimit: a.up.MaxSize,
 		Sender:         relay.SenderPolicy{Address: cfg.Sender.Address, Aliases: cfg.Sender.Aliases, Mode: cfg.Sender.Rewrite},
 		ReceivedHeader: l.ReceivedHeader,
 	}

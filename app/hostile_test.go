@@ -260,3 +260,46 @@ func TestTricklingBDATIsDropped(t *testing.T) {
 	}
 	t.Fatal("a BDAT chunk trickling one byte every 200ms was never dropped (timeout 1s)")
 }
+
+func TestOneClientCannotTakeEverySlot(t *testing.T) {
+	e := newEnv(t, "[listen]\naddr = \"127.0.0.1:0\"\nmax_connections_per_client = 2\n")
+	dialRaw(t, e.addr())
+	dialRaw(t, e.addr())
+	c, err := net.Dial("tcp", e.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if l := readLine(t, c); !strings.HasPrefix(l, "421 4.7.0 Too many connections from your address") {
+		t.Fatalf("third connection from one address got %q", l)
+	}
+	// Another client address still gets in.
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	_, port, _ := net.SplitHostPort(e.addr())
+	c2, err := d.Dial("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if l := readLine(t, c2); !strings.HasPrefix(l, "220") {
+		t.Fatalf("another client got %q", l)
+	}
+}
+
+// A flood of refused connections writes one line and a summary, not a line
+// each.
+func TestRefusalsAreLoggedOnceAnInterval(t *testing.T) {
+	e := newEnv(t, "[listen]\naddr = \"127.0.0.1:0\"\nmax_connections = 1\n")
+	dialRaw(t, e.addr())
+	for i := 0; i < 200; i++ {
+		c, err := net.Dial("tcp", e.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		readLine(t, c)
+		c.Close()
+	}
+	if n := len(e.logs.lines(map[string]any{"message": "connection refused: too many connections"})); n != 1 {
+		t.Fatalf("%d log lines for 200 refusals, want 1 (and a summary at the interval's end)", n)
+	}
+}

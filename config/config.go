@@ -53,8 +53,10 @@ type Listen struct {
 	MaxMessageSize Size     `toml:"max_message_size"`
 	MaxRecipients  int      `toml:"max_recipients"`
 	MaxConnections int      `toml:"max_connections"`
-	Timeout        Duration `toml:"timeout"`
-	ReceivedHeader bool     `toml:"received_header"`
+	// MaxConnectionsPerClient caps one client address (an IPv6 /64).
+	MaxConnectionsPerClient int      `toml:"max_connections_per_client"`
+	Timeout                 Duration `toml:"timeout"`
+	ReceivedHeader          bool     `toml:"received_header"`
 
 	// AllowNets is Allow parsed; filled by Load.
 	AllowNets []netip.Prefix `toml:"-"`
@@ -134,14 +136,15 @@ type Log struct {
 func Default() Config {
 	return Config{
 		Listen: Listen{
-			Addr:           "127.0.0.1:2525",
-			StartTLS:       true,
-			Hostname:       "localhost",
-			MaxMessageSize: 20 << 20,
-			MaxRecipients:  500,
-			MaxConnections: 100,
-			Timeout:        Duration(5 * time.Minute),
-			ReceivedHeader: true,
+			Addr:                    "127.0.0.1:2525",
+			StartTLS:                true,
+			Hostname:                "localhost",
+			MaxMessageSize:          20 << 20,
+			MaxRecipients:           500,
+			MaxConnections:          100,
+			MaxConnectionsPerClient: 50,
+			Timeout:                 Duration(5 * time.Minute),
+			ReceivedHeader:          true,
 		},
 		Sender: Sender{Rewrite: "header"},
 		Upstream: Upstream{
@@ -357,6 +360,9 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	positive(bad, "listen.timeout", c.Listen.Timeout)
 	if c.Listen.MaxConnections < 1 {
 		bad("listen.max_connections", "must be at least 1, got %d", c.Listen.MaxConnections)
+	}
+	if c.Listen.MaxConnectionsPerClient < 1 {
+		bad("listen.max_connections_per_client", "must be at least 1, got %d", c.Listen.MaxConnectionsPerClient)
 	}
 
 	// upstream

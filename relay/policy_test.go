@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -28,5 +30,37 @@ func TestBackoff(t *testing.T) {
 		if got := Backoff(c.attempt, min, max, c.r); got != c.want {
 			t.Errorf("Backoff(%d, r=%v) = %v, want %v", c.attempt, c.r, got, c.want)
 		}
+	}
+}
+
+// Failed logins count per IPv6 /64 (one host can use many of its
+// addresses) and, from other machines, in all.
+func TestLoginFailuresCountPerPrefixAndInAll(t *testing.T) {
+	l := newLoginLimits()
+	now := time.Now()
+	for i := 0; i < maxAuthFailures; i++ {
+		a := netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%x", i+1))
+		if l.blocked(clientKey(a), false, now) > 0 {
+			t.Fatalf("blocked after %d failures", i)
+		}
+		l.failed(clientKey(a), false, now)
+	}
+	if l.blocked(clientKey(netip.MustParseAddr("2001:db8:1:2::ffff")), false, now) == 0 {
+		t.Fatal("another address of the same /64 may keep guessing")
+	}
+	if l.blocked(clientKey(netip.MustParseAddr("2001:db8:1:3::1")), false, now) > 0 {
+		t.Fatal("another /64 is blocked too early")
+	}
+	for i := 0; l.remote.count < maxGlobalAuthFailures; i++ {
+		l.failed(clientKey(netip.MustParseAddr(fmt.Sprintf("192.0.2.%d", i%250+1))), false, now)
+	}
+	if l.blocked(clientKey(netip.MustParseAddr("198.51.100.7")), false, now) == 0 {
+		t.Fatal("past the global cap a fresh address may still guess")
+	}
+	if l.blocked(clientKey(netip.MustParseAddr("127.0.0.1")), true, now) > 0 {
+		t.Fatal("this machine is locked out by other machines' failures")
+	}
+	if l.blocked(clientKey(netip.MustParseAddr("198.51.100.7")), false, now.Add(authFailureWindow+time.Second)) > 0 {
+		t.Fatal("the block outlasts its window")
 	}
 }
