@@ -159,7 +159,7 @@ func (a *App) Start() error {
 		a.srv.Close()
 		return err
 	}
-	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched); err != nil {
+	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched, a.log); err != nil {
 		cancel()
 		a.srv.Close()
 		return err

@@ -9,6 +9,12 @@
 // delivery nor send a message twice. With no relay running, a command takes
 // the lock itself and changes the files. Reading (list, show, failed) needs
 // neither: metadata files are only ever replaced atomically.
+//
+// Any local user can connect to the port, so it cannot be starved: at most
+// maxConns connections are served at once (more are closed at once), a
+// connection must send its request within requestTimeout, and the accept
+// loop survives running out of file descriptors (it waits and goes on,
+// as net/http does), saying so in the log once a minute at most.
 package control
 
 import (
@@ -25,7 +31,16 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/icloud-relay/icloud-relay/relay/queue"
+)
+
+const (
+	maxConns       = 8
+	requestTimeout = 2 * time.Second
+	replyTimeout   = 30 * time.Second
+	logEvery       = time.Minute
 )
 
 // Ops are the changes a running relay performs for the queue commands.
@@ -48,11 +63,16 @@ func endpointFile(dir string) string { return filepath.Join(dir, "control.json")
 // and one JSON reply line per connection (net/http would cost the
 // always-on process 2 MiB for four commands).
 type Server struct {
-	ln   net.Listener
-	ops  Ops
-	tok  string
-	file string
-	wg   sync.WaitGroup
+	ln    net.Listener
+	ops   Ops
+	tok   string
+	file  string
+	log   zerolog.Logger
+	slots chan struct{}
+	wg    sync.WaitGroup
+
+	mu     sync.Mutex
+	logged map[string]time.Time // when each kind of trouble was last logged
 }
 
 type request struct {
@@ -68,14 +88,15 @@ type reply struct {
 }
 
 // Serve starts the API for ops and publishes its endpoint in dir.
-func Serve(dir string, ops Ops) (*Server, error) {
+func Serve(dir string, ops Ops, log zerolog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 	var tok [24]byte
 	rand.Read(tok[:])
-	s := &Server{ln: ln, ops: ops, tok: hex.EncodeToString(tok[:]), file: endpointFile(dir)}
+	s := &Server{ln: ln, ops: ops, tok: hex.EncodeToString(tok[:]), file: endpointFile(dir), log: log,
+		slots: make(chan struct{}, maxConns), logged: map[string]time.Time{}}
 	b, _ := json.Marshal(endpoint{Addr: ln.Addr().String(), Token: s.tok, PID: os.Getpid()})
 	if err := os.WriteFile(s.file, b, 0o600); err != nil {
 		ln.Close()
@@ -88,23 +109,67 @@ func Serve(dir string, ops Ops) (*Server, error) {
 
 func (s *Server) serve() {
 	defer s.wg.Done()
+	var delay time.Duration
 	for {
 		c, err := s.ln.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) {
 			return
+		}
+		if err != nil {
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.trouble("accept", func() {
+				s.log.Error().Err(err).Str("stage", "accept").Int64("retry_in_ms", delay.Milliseconds()).
+					Str("remedy", "The relay is out of open files: too many connections are open to it. It goes on by itself; raise the open-file limit (ulimit -n, LimitNOFILE=) if this repeats.").
+					Msg("control API cannot accept a connection; retrying")
+			})
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			c.Close()
+			s.trouble("busy", func() {
+				s.log.Warn().Str("stage", "accept").Int("max_connections", maxConns).
+					Str("remedy", "Something on this machine opens many connections to the relay's control port; queue commands retry by themselves.").
+					Msg("control API busy: connection closed")
+			})
+			continue
 		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer func() { <-s.slots }()
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			var req request
-			if err := json.NewDecoder(io.LimitReader(c, 64<<10)).Decode(&req); err != nil {
-				return
-			}
-			json.NewEncoder(c).Encode(s.handle(req))
+			s.serveConn(c)
 		}()
 	}
+}
+
+// serveConn answers one request: it must come within requestTimeout.
+func (s *Server) serveConn(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(requestTimeout))
+	var req request
+	if err := json.NewDecoder(io.LimitReader(c, 64<<10)).Decode(&req); err != nil {
+		return
+	}
+	c.SetWriteDeadline(time.Now().Add(replyTimeout))
+	json.NewEncoder(c).Encode(s.handle(req))
+}
+
+// trouble runs log unless the same kind of trouble was logged within
+// logEvery: a flood makes one line, not one a connection.
+func (s *Server) trouble(kind string, log func()) {
+	s.mu.Lock()
+	now := time.Now()
+	if last, ok := s.logged[kind]; ok && now.Sub(last) < logEvery {
+		s.mu.Unlock()
+		return
+	}
+	s.logged[kind] = now
+	s.mu.Unlock()
+	log()
 }
 
 func (s *Server) handle(req request) reply {
@@ -237,25 +302,40 @@ func (q *Queue) Requeue(id string) error {
 	return err
 }
 
+// call asks the relay to do op, trying again for a while when the relay
+// is too busy to take the connection (the control port is capped).
 func (q *Queue) call(op, id string) (reply, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		r, again, err := q.try(op, id)
+		if !again || time.Now().Add(wait).After(deadline) {
+			return r, err
+		}
+		time.Sleep(wait)
+	}
+}
+
+// try makes one call; again says whether another try may succeed.
+func (q *Queue) try(op, id string) (r reply, again bool, err error) {
 	c, err := net.DialTimeout("tcp", q.ep.Addr, 10*time.Second)
 	if err != nil {
-		return reply{}, fmt.Errorf("the relay (pid %d) holds the queue but does not answer: %w", q.ep.PID, err)
+		return reply{}, true, fmt.Errorf("the relay (pid %d) holds the queue but does not answer: %w", q.ep.PID, err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.SetDeadline(time.Now().Add(replyTimeout))
 	if err := json.NewEncoder(c).Encode(request{Token: q.ep.Token, Op: op, ID: id}); err != nil {
-		return reply{}, err
+		return reply{}, true, err
 	}
-	var r reply
 	if err := json.NewDecoder(io.LimitReader(c, 64<<10)).Decode(&r); err != nil {
-		return reply{}, fmt.Errorf("no answer from the relay (pid %d): %w", q.ep.PID, err)
+		// Closed unanswered: the relay was too busy to take it.
+		busy := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		return reply{}, busy, fmt.Errorf("no answer from the relay (pid %d): %w", q.ep.PID, err)
 	}
 	switch {
 	case r.NotFound:
-		return r, fmt.Errorf("%s: %w", r.Error, queue.ErrNotFound)
+		return r, false, fmt.Errorf("%s: %w", r.Error, queue.ErrNotFound)
 	case r.Error != "":
-		return r, errors.New(r.Error)
+		return r, false, errors.New(r.Error)
 	}
-	return r, nil
+	return r, false, nil
 }
