@@ -16,6 +16,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/internal/certs"
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 	"github.com/icloud-relay/icloud-relay/relay"
 	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
@@ -26,6 +27,7 @@ import (
 type App struct {
 	cfg    *config.Config
 	log    zerolog.Logger
+	red    *redact.Redactor
 	q      *queue.Queue
 	up     *upstream.Client
 	sched  *relay.Scheduler
@@ -36,9 +38,11 @@ type App struct {
 }
 
 // New checks what can be checked before starting (queue directory, CA file,
-// local TLS certificate) and builds the parts.
-func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
-	a := &App{cfg: cfg, log: log}
+// local TLS certificate) and builds the parts. red masks secrets in what
+// the relay writes beyond the log (queue records, the control API); it is
+// the log's own, holding cfg's secrets.
+func New(cfg *config.Config, log zerolog.Logger, red *redact.Redactor) (*App, error) {
+	a := &App{cfg: cfg, log: log, red: red}
 	q, err := queue.Open(cfg.Queue.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("queue.dir %s: %w", cfg.Queue.Dir, err)
@@ -56,6 +60,7 @@ func New(cfg *config.Config, log zerolog.Logger) (*App, error) {
 	if d.NotifyFailures {
 		pol.NoticeTo = cfg.Sender.Address
 	}
+	pol.Redactor = red
 	a.sched = relay.NewScheduler(q, a.up, pol, log)
 
 	l := cfg.Listen
@@ -159,7 +164,7 @@ func (a *App) Start() error {
 		a.srv.Close()
 		return err
 	}
-	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched, a.log); err != nil {
+	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched, a.log, a.red); err != nil {
 		cancel()
 		a.srv.Close()
 		return err

@@ -148,11 +148,12 @@ func (e *env) config(text string) *config.Config {
 
 func (e *env) start() {
 	e.t.Helper()
-	log, _, err := logging.New(logging.Options{Level: "debug", Format: "json", Secrets: e.cfg.Secrets()}, e.logs)
+	red := e.cfg.Redactor()
+	log, _, err := logging.New(logging.Options{Level: "debug", Format: "json", Redactor: red}, e.logs)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	a, err := app.New(e.cfg, log)
+	a, err := app.New(e.cfg, log, red)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 )
 
 // Program is the relay as the service manager and the command line drive
@@ -17,22 +18,24 @@ import (
 type Program struct {
 	path string
 	log  zerolog.Logger
+	red  *redact.Redactor // the log's: a reloaded config's secrets are added to it
 
 	mu  sync.Mutex
 	cfg *config.Config
 	cur *App
 }
 
-// NewProgram returns a program for the config at path, already loaded as cfg.
-func NewProgram(path string, cfg *config.Config, log zerolog.Logger) *Program {
-	return &Program{path: path, cfg: cfg, log: log}
+// NewProgram returns a program for the config at path, already loaded as
+// cfg, logging to log, whose output red masks.
+func NewProgram(path string, cfg *config.Config, log zerolog.Logger, red *redact.Redactor) *Program {
+	return &Program{path: path, cfg: cfg, log: log, red: red}
 }
 
 // Start starts the relay. It does not block.
 func (p *Program) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	a, err := New(p.cfg, p.log)
+	a, err := New(p.cfg, p.log, p.red)
 	if err != nil {
 		return err
 	}
@@ -65,6 +68,7 @@ func (p *Program) Reload() error {
 		p.log.Error().Err(err).Msg("config reload refused: the file has errors; the relay keeps running with the old config")
 		return err
 	}
+	cfg.AddSecrets(p.red) // before anything of the new config can be logged
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cur != nil {
@@ -73,14 +77,14 @@ func (p *Program) Reload() error {
 		cancel()
 		p.cur = nil
 	}
-	a, err := New(cfg, p.log)
+	a, err := New(cfg, p.log, p.red)
 	if err == nil {
 		err = a.Start()
 	}
 	if err != nil {
 		// Fall back to the old config rather than leave mail unrelayed.
 		p.log.Error().Err(err).Msg("the reloaded config cannot start; going back to the previous one")
-		if old, oerr := New(p.cfg, p.log); oerr == nil && old.Start() == nil {
+		if old, oerr := New(p.cfg, p.log, p.red); oerr == nil && old.Start() == nil {
 			p.cur = old
 		}
 		return fmt.Errorf("reload: %w", err)

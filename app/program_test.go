@@ -15,8 +15,9 @@ import (
 func TestProgramLifecycle(t *testing.T) {
 	e := newEnv(t, "")
 	e.stop()
-	log, _, _ := logging.New(logging.Options{Level: "debug", Format: "json"}, e.logs)
-	p := app.NewProgram(e.cfg.Path, e.cfg, log)
+	red := e.cfg.Redactor()
+	log, _, _ := logging.New(logging.Options{Level: "debug", Format: "json", Redactor: red}, e.logs)
+	p := app.NewProgram(e.cfg.Path, e.cfg, log, red)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,8 @@ import (
 	toml "github.com/pelletier/go-toml/v2"
 	"github.com/pelletier/go-toml/v2/unstable"
 	"github.com/zalando/go-keyring"
+
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 )
 
 // Config is the whole configuration. Field tags are the TOML key names that
@@ -566,13 +568,20 @@ func isLoopbackHost(host string) bool {
 	return err == nil && a.IsLoopback()
 }
 
-// Secrets returns every secret in the config, for log redaction.
-func (c *Config) Secrets() []string {
-	out := []string{c.Upstream.Password.Reveal()}
+// AddSecrets adds every secret in the config to r: the iCloud login and
+// the local logins.
+func (c *Config) AddSecrets(r *redact.Redactor) {
+	r.AddLogin(c.Upstream.Username, c.Upstream.Password.Reveal())
 	for _, u := range c.Listen.Users {
-		out = append(out, u.Password.Reveal())
+		r.AddLogin(u.Username, u.Password.Reveal())
 	}
-	return out
+}
+
+// Redactor returns a redactor for the config's secrets.
+func (c *Config) Redactor() *redact.Redactor {
+	r := redact.New()
+	c.AddSecrets(r)
+	return r
 }
 
 // DefaultConfigPath is where run looks for a config when --config is not

@@ -81,12 +81,12 @@ format = "console"
 	}
 
 	step(3, "Starting the relay")
-	log, closer, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Secrets: cfg.Secrets()}, out)
+	log, closer, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, Redactor: cfg.Redactor()}, out)
 	if err != nil {
 		return err
 	}
 	defer closer.Close()
-	relay, err := app.New(cfg, log)
+	relay, err := app.New(cfg, log, cfg.Redactor())
 	if err != nil {
 		return err
 	}

@@ -48,7 +48,7 @@ dir = %q
 		t.Fatal(err)
 	}
 	if relay {
-		a, err := app.New(cfg, zerolog.Nop())
+		a, err := app.New(cfg, zerolog.Nop(), cfg.Redactor())
 		if err != nil {
 			t.Fatal(err)
 		}

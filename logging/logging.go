@@ -8,15 +8,15 @@
 package logging
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
+
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 )
 
 // Options choose level, format and destination.
@@ -28,8 +28,8 @@ type Options struct {
 	// and at most MaxFiles old files are kept.
 	MaxSize  int64
 	MaxFiles int
-	// Secrets are masked wherever they appear in output.
-	Secrets []string
+	// Redactor masks secrets wherever they appear in output.
+	Redactor *redact.Redactor
 }
 
 // New returns a logger writing to w (usually stderr) and, if set, the file.
@@ -59,7 +59,7 @@ func New(opts Options, w io.Writer) (zerolog.Logger, io.Closer, error) {
 		out = zerolog.MultiLevelWriter(out, f)
 		closer = f
 	}
-	out = NewRedactor(out, opts.Secrets)
+	out = levelWriter{opts.Redactor.Writer(out)}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger(), closer, nil
 }
 
@@ -72,45 +72,9 @@ type nopCloser struct{}
 
 func (nopCloser) Close() error { return nil }
 
-// Redactor masks secrets in everything written through it. zerolog writes
-// each event in one Write, so a secret is never split across calls.
-type Redactor struct {
-	w       io.Writer
-	secrets [][]byte
-}
+// levelWriter keeps a plain writer (the redactor) usable where zerolog
+// would ask for a level-aware one. zerolog writes each event in one Write,
+// so a secret is never split across calls.
+type levelWriter struct{ io.Writer }
 
-// NewRedactor wraps w. Secrets shorter than 4 bytes are ignored: masking
-// them would garble ordinary text and they are not real passwords.
-func NewRedactor(w io.Writer, secrets []string) *Redactor {
-	r := &Redactor{w: w}
-	for _, s := range secrets {
-		if len(s) >= 4 {
-			r.secrets = append(r.secrets, []byte(s))
-			// JSON may carry the secret escaped.
-			if q := strings.Trim(fmt.Sprintf("%q", s), `"`); q != s {
-				r.secrets = append(r.secrets, []byte(q))
-			}
-		}
-	}
-	return r
-}
-
-var masked = []byte("[REDACTED]")
-
-func (r *Redactor) Write(p []byte) (int, error) {
-	out := p
-	for _, s := range r.secrets {
-		if bytes.Contains(out, s) {
-			out = bytes.ReplaceAll(out, s, masked)
-		}
-	}
-	if _, err := r.w.Write(out); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-// WriteLevel keeps level-aware writers working behind the redactor.
-func (r *Redactor) WriteLevel(l zerolog.Level, p []byte) (int, error) {
-	return r.Write(p)
-}
+func (w levelWriter) WriteLevel(_ zerolog.Level, p []byte) (int, error) { return w.Write(p) }

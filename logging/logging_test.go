@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 )
 
 func TestRedactsSecretsInEveryField(t *testing.T) {
 	var buf bytes.Buffer
-	log, _, err := New(Options{Level: "debug", Format: "json", Secrets: []string{"hunter2-pass", `q"uote-pw`, "ab"}}, &buf)
+	log, _, err := New(Options{Level: "debug", Format: "json", Redactor: redact.New("hunter2-pass", `q"uote-pw`, "ab")}, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}

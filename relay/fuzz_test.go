@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -38,6 +39,33 @@ func FuzzFixMessage(f *testing.F) {
 		for i := range out {
 			if out[i] == '\n' && (i == 0 || out[i-1] != '\r') {
 				t.Fatalf("bare LF at %d in %q", i, out)
+			}
+		}
+	})
+}
+
+// FuzzReencodeLongLines: re-encoding either refuses with a LineError or
+// leaves no line longer than 998 bytes; it never fails otherwise, and a
+// plain message's text survives.
+func FuzzReencodeLongLines(f *testing.F) {
+	f.Add("Subject: s\r\n\r\n" + strings.Repeat("x", 1200) + "\r\n")
+	f.Add("MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\n" + strings.Repeat("QUFB", 400) + "\r\n--b--\r\n")
+	f.Add("Content-Type: message/rfc822\r\n\r\nSubject: " + strings.Repeat("a ", 600) + "\r\n\r\n" + strings.Repeat("=", 1500))
+	f.Add("DKIM-Signature: x\r\n\r\n" + strings.Repeat("y", 999))
+	f.Add("Content-Type: multipart/alternative; boundary=\"q\"\r\n\r\n--q\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + strings.Repeat("=C3=A9", 300) + "\r\n--q\r\nContent-Transfer-Encoding: binary\r\n\r\n" + strings.Repeat("\x00\r", 700) + "\r\n")
+	f.Fuzz(func(t *testing.T, msg string) {
+		var out bytes.Buffer
+		err := reencodeLongLines(func() (io.Reader, error) { return strings.NewReader(msg), nil }, &out)
+		var le *LineError
+		if errors.As(err, &le) {
+			return
+		}
+		if err != nil {
+			t.Fatalf("re-encoding %q failed: %v", msg, err)
+		}
+		for i, l := range bytes.Split(out.Bytes(), []byte("\n")) {
+			if n := len(bytes.TrimSuffix(l, []byte("\r"))); n > maxLineLength {
+				t.Fatalf("line %d is %d bytes long after re-encoding %q", i+1, n, msg)
 			}
 		}
 	})
@@ -90,6 +118,10 @@ func FuzzSMTPSession(f *testing.F) {
 	f.Add("EHLO x\nMAIL FROM:<a@b> SIZE=99999999999\nRCPT TO:<>\nDATA\n")
 	f.Add("EHLO x\nAUTH LOGIN\nYQ==\nYg==\nMAIL FROM:<a@b> SMTPUTF8\nRCPT TO:<ü@x>\nBDAT 3 LAST\nabc")
 	f.Add("STARTTLS\nVRFY a\nEXPN b\nHELP\n\x00\xff\n")
+	// BDAT with long and folded lines, commands after a failed transfer.
+	f.Add("EHLO x\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nBDAT 2100\nSubject: s\n\n" + strings.Repeat("L", 2080) + "\nBDAT 0 LAST\nMAIL FROM:<a@b>\n")
+	f.Add("EHLO x\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nBDAT 90000 LAST\nX-F: a\n" + strings.Repeat(" b\n", 200) + "\nbody\n")
+	f.Add("EHLO x\nMAIL FROM:<a@b>\nRCPT TO:<c@d>\nDATA\nSubject: s\n\n" + strings.Repeat("w ", 3000) + "\n.\nMAIL FROM:<a@b>\nRCPT TO:<e@f>\nDATA\nx\n.\n")
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, script string) {
 		addr := fuzzRelay(t, dir)

@@ -603,7 +603,7 @@ func (e *wrapEncoder) Write(p []byte) (int, error) {
 		if e.strip && (c == '\r' || c == '\n' || c == ' ' || c == '\t') {
 			continue
 		}
-		if !e.strip && (c == '\r' || c == '\n') {
+		if !e.strip && c == '\n' {
 			out = append(out, c)
 			e.col = 0
 			continue

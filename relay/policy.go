@@ -3,6 +3,8 @@ package relay
 import (
 	"math"
 	"time"
+
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 )
 
 // Policy is the delivery and retry policy.
@@ -16,6 +18,9 @@ type Policy struct {
 	AuthPause     time.Duration // how long a refused login pauses deliveries
 	NoticeTo      string        // when set, failures are reported to this (the account's) address
 	DailyLimit    int           // messages (and recipients) a rolling day; warn near it
+	// Redactor masks the secrets in an upstream reply (a server may echo
+	// what it was sent) before it is recorded, logged or passed on.
+	Redactor *redact.Redactor
 }
 
 // Backoff is the delay before retry number attempt (1 for the first retry):

@@ -408,6 +408,7 @@ func (s *Scheduler) saveRetry(m *queue.Message) error {
 
 // file applies one attempt's result to the message and its recipients.
 func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue *upstream.Error, started time.Time) {
+	ue, res = s.mask(ue), s.maskResult(res)
 	m := it.msg
 	now := time.Now()
 	all := ue == nil && (res == nil || len(res.Refused) == 0)
@@ -722,6 +723,31 @@ func withError(ev *zerolog.Event, e *upstream.Error) *zerolog.Event {
 		ev.Str("enhanced_code", e.EnhancedCode)
 	}
 	return ev.Str("error", e.Text).Str("remedy", e.Remedy)
+}
+
+// mask returns e with the secrets in the server's text masked.
+func (s *Scheduler) mask(e *upstream.Error) *upstream.Error {
+	if e == nil {
+		return nil
+	}
+	if text := s.pol.Redactor.String(e.Text); text != e.Text {
+		c := *e
+		c.Text, c.Err = text, errors.New(text)
+		return &c
+	}
+	return e
+}
+
+func (s *Scheduler) maskResult(res *upstream.Result) *upstream.Result {
+	if res == nil || len(res.Refused) == 0 {
+		return res
+	}
+	c := *res
+	c.Refused = make(map[string]*upstream.Error, len(res.Refused))
+	for addr, e := range res.Refused {
+		c.Refused[addr] = s.mask(e)
+	}
+	return &c
 }
 
 func outcome(e *upstream.Error, now time.Time) *queue.Outcome {

@@ -154,14 +154,15 @@ func runCmd(args []string) int {
 		// per-OS file too.
 		cfg.Log.File = config.DefaultPaths(!config.IsAdmin()).Log
 	}
+	red := cfg.Redactor()
 	log, closer, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File,
-		MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Secrets: cfg.Secrets()}, os.Stderr)
+		MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Redactor: red}, os.Stderr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay: log.file: %v\n", err)
 		return exitUsage
 	}
 	defer closer.Close()
-	if err := service.Run(app.NewProgram(cfg.Path, cfg, log)); err != nil {
+	if err := service.Run(app.NewProgram(cfg.Path, cfg, log, red)); err != nil {
 		log.Error().Err(err).Msg("relay failed")
 		return exitFailure
 	}
@@ -187,10 +188,11 @@ func doctorCmd(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep := doctor.Run(ctx, cfg, doctor.Options{SendTest: *sendTest})
+	out := cfg.Redactor().Writer(os.Stdout) // a server's reply may echo the login
 	if *asJSON {
-		rep.WriteJSON(os.Stdout)
+		rep.WriteJSON(out)
 	} else {
-		rep.WriteText(os.Stdout)
+		rep.WriteText(out)
 	}
 	if !rep.OK {
 		return exitFailure

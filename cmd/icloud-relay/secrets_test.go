@@ -2,12 +2,16 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
@@ -71,5 +75,92 @@ func TestThePasswordAppearsNowhere(t *testing.T) {
 	})
 	if len(outputs) < 15 {
 		t.Fatalf("only %d outputs checked", len(outputs))
+	}
+}
+
+// An upstream reply that echoes the login (some servers quote what they
+// were sent) must not carry the password into the log, the queue's files,
+// the queue commands' or doctor's output, in any form it can take: as it
+// is, base64 (AUTH LOGIN) or inside an AUTH PLAIN response. After a reload
+// with a new password, the new one is masked too.
+func TestAnEchoedPasswordIsMaskedEverywhere(t *testing.T) {
+	const first, second = "echo-first-pass-0001", "echo-second-pass-0002"
+	s, err := upstreamtest.Start(upstreamtest.Options{Password: first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	forms := func(pass string) []string {
+		return []string{pass, base64.StdEncoding.EncodeToString([]byte(pass)),
+			base64.StdEncoding.EncodeToString([]byte("\x00" + s.Username() + "\x00" + pass))}
+	}
+	echo := func(pass string) {
+		f := forms(pass)
+		s.SetFaults(upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
+			Message: "try later; you sent AUTH PLAIN " + f[2] + " (" + f[1] + ", " + f[0] + ")"}})
+	}
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfigAt(t, s, dir, first, listen, "")
+	var outputs []string
+	run := func(args ...string) string {
+		_, out := runCLI(t, args...)
+		outputs = append(outputs, strings.Join(args, " ")+"\n"+out)
+		return out
+	}
+
+	echo(first)
+	p := startProc(t, "run", "--config", cfg)
+	p.waitLog(t, "listening for local mail clients")
+	if err := sendTo(listen, "echo"); err != nil {
+		t.Fatal(err)
+	}
+	entries := queueJSON(t, cfg, "list")
+	if len(entries) != 1 || entries[0].LastError == nil {
+		t.Fatalf("queue: %+v", entries)
+	}
+	run("queue", "list", "--config", cfg, "--json")
+	run("queue", "show", entries[0].ID, "--config", cfg)
+	run("queue", "show", entries[0].ID, "--config", cfg, "--json")
+	run("doctor", "--config", cfg, "--send-test", "friend@example.com")
+	if out := run("doctor", "--config", cfg, "--json", "--send-test", "friend@example.com"); !strings.Contains(out, "try later") {
+		t.Fatalf("doctor did not get the echoing reply:\n%s", out)
+	}
+
+	// A new app-specific password, taken up by SIGHUP.
+	s.SetPassword(second)
+	echo(second)
+	b, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte(strings.Replace(string(b), first, second, 1)), 0o600)
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.waitLog(t, "config reloaded")
+	run("queue", "retry", "--all", "--config", cfg)
+	for deadline := time.Now().Add(20 * time.Second); strings.Count(p.output(), "try later") < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no attempt after the reload:\n%s", p.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	run("queue", "show", entries[0].ID, "--config", cfg, "--json")
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	outputs = append(outputs, p.output())
+
+	for _, pass := range []string{first, second} {
+		for _, f := range forms(pass) {
+			for _, out := range outputs {
+				if strings.Contains(out, f) {
+					t.Errorf("%q appears in output:\n%s", f, out)
+				}
+			}
+			filepath.Walk(filepath.Join(dir, "queue"), func(path string, info os.FileInfo, err error) error {
+				if err == nil && !info.IsDir() && !strings.HasSuffix(path, ".toml") {
+					if data, _ := os.ReadFile(path); bytes.Contains(data, []byte(f)) {
+						t.Errorf("%q is in %s", f, path)
+					}
+				}
+				return nil
+			})
+		}
 	}
 }

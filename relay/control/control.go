@@ -33,6 +33,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 )
 
@@ -68,6 +69,7 @@ type Server struct {
 	tok   string
 	file  string
 	log   zerolog.Logger
+	red   *redact.Redactor
 	slots chan struct{}
 	wg    sync.WaitGroup
 
@@ -87,15 +89,16 @@ type reply struct {
 	Queued   int    `json:"queued,omitempty"`
 }
 
-// Serve starts the API for ops and publishes its endpoint in dir.
-func Serve(dir string, ops Ops, log zerolog.Logger) (*Server, error) {
+// Serve starts the API for ops and publishes its endpoint in dir; red
+// masks secrets in its replies.
+func Serve(dir string, ops Ops, log zerolog.Logger, red *redact.Redactor) (*Server, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 	var tok [24]byte
 	rand.Read(tok[:])
-	s := &Server{ln: ln, ops: ops, tok: hex.EncodeToString(tok[:]), file: endpointFile(dir), log: log,
+	s := &Server{ln: ln, ops: ops, tok: hex.EncodeToString(tok[:]), file: endpointFile(dir), log: log, red: red,
 		slots: make(chan struct{}, maxConns), logged: map[string]time.Time{}}
 	b, _ := json.Marshal(endpoint{Addr: ln.Addr().String(), Token: s.tok, PID: os.Getpid()})
 	if err := os.WriteFile(s.file, b, 0o600); err != nil {
@@ -191,7 +194,7 @@ func (s *Server) handle(req request) reply {
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}
 	if err != nil {
-		r.Error, r.NotFound = err.Error(), errors.Is(err, queue.ErrNotFound)
+		r.Error, r.NotFound = s.red.String(err.Error()), errors.Is(err, queue.ErrNotFound)
 	}
 	return r
 }

@@ -186,7 +186,19 @@ func Start(opts Options) (*Server, error) {
 func (s *Server) Username() string { return s.opts.Username }
 
 // Password is the account's (app-specific) password.
-func (s *Server) Password() string { return s.opts.Password }
+func (s *Server) Password() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.Password
+}
+
+// SetPassword changes the account's password (as when the user makes a new
+// app-specific password).
+func (s *Server) SetPassword(password string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.Password = password
+}
 
 // WriteCA writes the CA certificate into dir and returns its path, for
 // upstream.ca_file.
@@ -200,7 +212,7 @@ func (s *Server) WriteCA(dir string) (string, error) {
 // caFile is what WriteCA returned. More upstream keys may follow it.
 func (s *Server) UpstreamTOML(password, caFile string) string {
 	if password == "" {
-		password = s.opts.Password
+		password = s.Password()
 	}
 	return fmt.Sprintf("[upstream]\nhost = %q\nstarttls_port = %d\ntls_port = %d\nusername = %q\npassword = %q\nca_file = %q\n",
 		s.Host, s.StartTLSPort, s.TLSPort, s.opts.Username, password, caFile)
