@@ -327,6 +327,10 @@ type crlfReader struct {
 	out     []byte
 }
 
+// longestLine is the length of the longest line read, the last one
+// (which may have no line break) included.
+func (c *crlfReader) longestLine() int64 { return max(c.longest, c.line) }
+
 func (c *crlfReader) reset(r *bufio.Reader) {
 	c.r, c.prevCR, c.bol, c.out, c.line, c.longest, c.err = r, false, false, nil, 0, 0, nil
 }

@@ -285,7 +285,7 @@ func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	if err == nil {
 		st, err = s.q.Stage(m, fixed)
 	}
-	longest := bufs.crlf.longest
+	longest := bufs.crlf.longestLine()
 	bufs.in.Reset(nil) // hold no reference to this client while pooled
 	s.intake.Put(bufs)
 	if err == nil && longest > maxLineLength {

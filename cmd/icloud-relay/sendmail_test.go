@@ -1,6 +1,9 @@
 package main
 
 import (
+	"io"
+	"mime/quotedprintable"
+	"net/mail"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,5 +99,35 @@ func TestMailxThroughSendmail(t *testing.T) {
 	if !strings.Contains(data, "Subject: from mailx\r\n") || !strings.Contains(data, "\r\n\r\nHello from mail(1).\r\n.dot line\r\n") ||
 		strings.Join(got[0].To, ",") != "friend@example.com" || got[0].From != "demo@icloud.com" {
 		t.Fatalf("mailx message: %s -> %v\n%q", got[0].From, got[0].To, data)
+	}
+}
+
+// PHP's mail() and scripts pipe messages with long lines (an HTML body on
+// one line, no MIME headers) into sendmail: they must be delivered, in a
+// form a strict server takes, with their text intact, and sendmail must
+// exit 0 (it exited 75, and the mail was retried for ever).
+func TestSendmailDeliversALongLineIntact(t *testing.T) {
+	s, sendmail, env := sendmailEnv(t)
+	line := "<p>" + strings.Repeat("a long line from PHP ", 200) + "</p>"
+	cmd := exec.Command(sendmail, "-t", "-i")
+	cmd.Env = env
+	cmd.Stdin = strings.NewReader("To: friend@example.com\nFrom: demo@icloud.com\nSubject: php\n\n" + line + "\nend\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sendmail: %v\n%s", err, out)
+	}
+	got := s.WaitMessages(1, 20*time.Second)
+	if len(got) != 1 {
+		t.Fatal("not delivered")
+	}
+	m, err := mail.ReadMessage(strings.NewReader(string(got[0].Data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get("Content-Transfer-Encoding") != "quoted-printable" {
+		t.Fatalf("headers: %v", m.Header)
+	}
+	body, err := io.ReadAll(quotedprintable.NewReader(m.Body))
+	if err != nil || string(body) != line+"\r\nend\r\n" {
+		t.Fatalf("the text changed: %q, %v", body, err)
 	}
 }
