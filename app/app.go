@@ -45,7 +45,12 @@ func New(cfg *config.Config, log zerolog.Logger, red *redact.Redactor) (*App, er
 	a := &App{cfg: cfg, log: log, red: red}
 	q, err := queue.Open(cfg.Queue.Dir)
 	if err != nil {
-		return nil, fmt.Errorf("queue.dir %s: %w", cfg.Queue.Dir, err)
+		return nil, cfg.KeyError("queue.dir", "cannot use %s: %v; the relay must be able to create and write it (check its owner and permissions)", cfg.Queue.Dir, errors.Unwrap(err))
+	}
+	for _, d := range q.Tightened() {
+		log.Warn().Str("stage", "queue").Str("dir", d).
+			Str("remedy", "Nothing to do: the relay made it readable by its owner only, as queued mail is private.").
+			Msg("queue directory was readable by other users; permissions tightened to 0700")
 	}
 	a.q = q
 	a.up = Upstream(cfg, func(e upstream.Event) {
@@ -133,7 +138,7 @@ func (a *App) Start() error {
 		return fmt.Errorf("another icloud-relay already uses the queue in %s (stop it first, or give this one its own queue.dir)", a.cfg.Queue.Dir)
 	}
 	if err != nil {
-		return err
+		return a.cfg.KeyError("queue.dir", "cannot use %s: %v; the relay must be able to create and write it (check its owner and permissions)", a.cfg.Queue.Dir, errors.Unwrap(err))
 	}
 	started := false
 	defer func() {

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/icloud-relay/icloud-relay/internal/testenv"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
@@ -17,7 +19,7 @@ import (
 func TestFullDiskAnswers4xxAndLeavesNothingHalfWritten(t *testing.T) {
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a small tmpfs to fill (needs root): %v %s", err, out)
+		testenv.Skip(t, fmt.Sprintf("cannot mount a small tmpfs to fill (needs root): %v %s", err, out))
 	}
 	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
 	e := newEnv(t, "")
@@ -77,5 +79,52 @@ func TestCorruptQueueEntriesAreQuarantinedAndTheRestDelivered(t *testing.T) {
 	failed, _ := q.Failed()
 	if len(failed) != 1 || failed[0].ID != trunc.ID || !strings.Contains(failed[0].Final.Text, "truncated") {
 		t.Fatalf("failed area: %+v", failed)
+	}
+}
+
+// At the boundary where a message's data still fits but its metadata does
+// not (here: one inode left), the client gets 452 "disk full" too, not a
+// vague 451. Two inode counts, so that one of them stops exactly there.
+func TestFullDiskBetweenDataAndMetadataAnswers452(t *testing.T) {
+	for _, inodes := range []int{40, 41} {
+		mnt := t.TempDir()
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=8m,nr_inodes=%d", inodes), "tmpfs", mnt).CombinedOutput(); err != nil {
+			testenv.Skip(t, fmt.Sprintf("cannot mount a small tmpfs to fill (needs root): %v %s", err, out))
+		}
+		e := newEnv(t, "")
+		e.stop()
+		// iCloud answers 451: the delivery worker, not the session, commits.
+		e.standin.SetFaults(upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "busy"}})
+		e.cfg.Queue.Dir = filepath.Join(mnt, "queue")
+		e.start()
+		var refusal error
+		for i := 0; i < 40 && refusal == nil; i++ {
+			_, refusal = send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message(fmt.Sprintf("inode-%d", i), "x\r\n"))
+		}
+		if se, ok := refusal.(*smtp.SMTPError); !ok || se.Code != 452 {
+			t.Fatalf("nr_inodes=%d: out of inodes the client got %v, want 452", inodes, refusal)
+		}
+		e.stop()
+		exec.Command("umount", mnt).Run()
+	}
+}
+
+// A queue directory that other users can read (made by hand, or by an
+// older version) is made owner-only at start, and the log says so.
+func TestAnOpenQueueDirectoryIsTightened(t *testing.T) {
+	e := newEnv(t, "")
+	e.stop()
+	e.cfg.Queue.Dir = filepath.Join(t.TempDir(), "queue")
+	os.MkdirAll(filepath.Join(e.cfg.Queue.Dir, "active"), 0o755)
+	os.Chmod(e.cfg.Queue.Dir, 0o755)
+	e.start()
+	for _, d := range []string{e.cfg.Queue.Dir, filepath.Join(e.cfg.Queue.Dir, "active")} {
+		st, err := os.Stat(d)
+		if err != nil || st.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: %v %v, want 0700", d, st.Mode(), err)
+		}
+	}
+	if l := e.logs.lines(map[string]any{"message": "queue directory was readable by other users; permissions tightened to 0700"}); len(l) != 2 {
+		t.Fatalf("log: %v", l)
 	}
 }

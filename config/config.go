@@ -40,6 +40,15 @@ type Config struct {
 
 	// Path is the file the config came from ("" for defaults only).
 	Path string `toml:"-"`
+	// lines maps each key set in the file to its line, for KeyError.
+	lines map[string]int
+}
+
+// KeyError returns an error about key that names the config file and the
+// key's line there: for a problem found after loading (a queue.dir that
+// cannot be written, say), which is as much a config error as a bad value.
+func (c *Config) KeyError(key, format string, args ...any) *KeyError {
+	return &KeyError{File: c.Path, Line: c.lines[key], Key: key, Msg: fmt.Sprintf(format, args...)}
 }
 
 // Listen configures the local SMTP listener.
@@ -237,6 +246,7 @@ func Parse(data []byte, file string) (*Config, error) {
 	if err := cfg.validate(file, lines); err != nil {
 		return nil, err
 	}
+	cfg.lines = lines
 	return &cfg, nil
 }
 

@@ -35,7 +35,7 @@ const (
 type Outcome struct {
 	Delivered bool            // every recipient has the message
 	Refusal   *upstream.Error // a permanent refusal: nobody got the message
-	Lost      bool            // a staged message could not be stored: the client must send it again
+	Lost      error           // a staged message could not be stored, why: the client must send it again
 	// Refused lists the recipients refused for good when the others got the
 	// message (the attempt is over; a 250 must say who did not get it).
 	Refused []RecipientRefusal
@@ -83,7 +83,7 @@ type item struct {
 	smu      sync.Mutex
 	staged   *queue.Staged
 	snapshot *queue.Message // the metadata to commit: as received, never tried
-	lost     bool           // committing failed: the message is gone
+	lostErr  error          // committing failed, why: the message is gone
 }
 
 // NewScheduler returns a scheduler for q; call Start to run it.
@@ -165,8 +165,8 @@ func (s *Scheduler) Commit(id string) error {
 	}
 	it.smu.Lock()
 	defer it.smu.Unlock()
-	if it.lost {
-		return errLost // the worker failed to commit it
+	if it.lostErr != nil {
+		return it.lostErr // the worker failed to commit it
 	}
 	if it.staged == nil {
 		return nil
@@ -174,7 +174,7 @@ func (s *Scheduler) Commit(id string) error {
 	err := s.q.Commit(it.staged, it.snapshot)
 	it.staged = nil
 	if err != nil {
-		it.lost = true
+		it.lostErr = err
 		s.mu.Lock()
 		if !it.busy {
 			delete(s.items, id)
@@ -191,8 +191,8 @@ func (s *Scheduler) Commit(id string) error {
 func (s *Scheduler) settle(it *item, delivered bool) (wasStaged bool, err error) {
 	it.smu.Lock()
 	defer it.smu.Unlock()
-	if it.lost {
-		return true, errLost
+	if it.lostErr != nil {
+		return true, it.lostErr
 	}
 	st := it.staged
 	if st == nil {
@@ -204,20 +204,18 @@ func (s *Scheduler) settle(it *item, delivered bool) (wasStaged bool, err error)
 		return true, nil
 	}
 	if err := s.q.Commit(st, it.snapshot); err != nil {
-		it.lost = true
+		it.lostErr = err
 		return true, err
 	}
 	return true, nil
 }
-
-var errLost = errors.New("the message could not be stored")
 
 // dropLost ends a message that could not be stored.
 func (s *Scheduler) dropLost(it *item, log zerolog.Logger, err error) {
 	log.Error().Err(err).Str("stage", "queue").
 		Str("remedy", "The queue directory cannot be written: check free disk space and permissions of queue.dir.").
 		Msg("cannot store the message; its client was told to send it again")
-	s.release(it, true, Outcome{Lost: true})
+	s.release(it, true, Outcome{Lost: err})
 }
 
 func (s *Scheduler) usable(now time.Time) bool {

@@ -404,8 +404,8 @@ func (s *Server) outcomeReply(m *queue.Message, o Outcome) *smtp.SMTPError {
 		return o.Refusal.SMTPReply()
 	case o.Delivered:
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Delivered to iCloud (" + m.ID + ")"}
-	case o.Lost:
-		return storeFailed(errLost)
+	case o.Lost != nil:
+		return storeFailed(o.Lost)
 	case len(o.Refused) > 0:
 		// SMTP has no way to refuse a recipient after the data: the 250
 		// says who did not get it (a failure notice follows if configured).

@@ -163,6 +163,12 @@ func runCmd(args []string) int {
 	}
 	defer closer.Close()
 	if err := service.Run(app.NewProgram(cfg.Path, cfg, log, red)); err != nil {
+		var ke *config.KeyError
+		if errors.As(err, &ke) {
+			log.Error().Err(err).Str("stage", "queue").Str("remedy", "Fix the config file at the line named, or the directory it names.").Msg("relay cannot start: config error")
+			fmt.Fprintf(os.Stderr, "icloud-relay: config error:\n%v\n", ke)
+			return exitUsage
+		}
 		log.Error().Err(err).Msg("relay failed")
 		return exitFailure
 	}

@@ -246,12 +246,19 @@ func TestExitCodes(t *testing.T) {
 	os.WriteFile(bad, []byte("[upstream]\nusername = \"me@icloud.com\"\npassword = \"x\"\nport = 587\n"), 0o600)
 	open := filepath.Join(dir, "open.toml")
 	os.WriteFile(open, []byte("[listen]\naddr = \"0.0.0.0:2525\"\n[upstream]\nusername = \"me@icloud.com\"\npassword = \"x\"\n"), 0o600)
+	// A queue.dir that cannot be made (a file stands in its way) is a config
+	// error too: exit 2, with the file, the line and the key.
+	blocker := filepath.Join(dir, "a-file")
+	os.WriteFile(blocker, nil, 0o600)
+	unusable := filepath.Join(dir, "unusable.toml")
+	os.WriteFile(unusable, []byte(fmt.Sprintf("[upstream]\nusername = \"me@icloud.com\"\npassword = \"x\"\n[queue]\ndir = %q\n", filepath.Join(blocker, "queue"))), 0o600)
 	cases := []struct {
 		args []string
 		code int
 		want string
 	}{
 		{[]string{"run", "--config", open}, 2, "open.toml:2: listen.addr: \"0.0.0.0:2525\" is not a loopback address"},
+		{[]string{"run", "--config", unusable}, 2, "unusable.toml:5: queue.dir: cannot use"},
 		{[]string{"run", "--config", bad}, 2, "bad.toml:4: upstream.port: unknown key"},
 		{[]string{"run", "--config", filepath.Join(dir, "missing.toml")}, 2, "cannot read config"},
 		{[]string{"frobnicate"}, 2, "unknown command"},

@@ -33,6 +33,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -148,18 +149,29 @@ var ErrNotFound = errors.New("no such message")
 // different messages; one message must have one owner at a time.
 type Queue struct {
 	dir, tmp, active, failed string
+	tightened                []string
 }
 
-// Open creates the directory layout if needed (owner-only permissions).
+// Open creates the directory layout if needed, owner-only: queued mail is
+// private. An existing directory that others may read is tightened (on
+// Unix; Windows permissions are not mode bits), where its owner runs this.
 func Open(dir string) (*Queue, error) {
 	q := &Queue{dir: dir, tmp: filepath.Join(dir, "tmp"), active: filepath.Join(dir, "active"), failed: filepath.Join(dir, "failed")}
 	for _, d := range []string{q.dir, q.tmp, q.active, q.failed} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, &Error{Op: "open", Err: err}
 		}
+		if st, err := os.Stat(d); err == nil && runtime.GOOS != "windows" && st.Mode().Perm()&0o077 != 0 {
+			if os.Chmod(d, 0o700) == nil {
+				q.tightened = append(q.tightened, d)
+			}
+		}
 	}
 	return q, nil
 }
+
+// Tightened lists the directories Open made owner-only.
+func (q *Queue) Tightened() []string { return q.tightened }
 
 // Dir returns the queue's directory.
 func (q *Queue) Dir() string { return q.dir }
