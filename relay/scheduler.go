@@ -84,6 +84,8 @@ type item struct {
 	staged   *queue.Staged
 	snapshot *queue.Message // the metadata to commit: as received, never tried
 	lostErr  error          // committing failed, why: the message is gone
+
+	removed bool // the upstream took it all and its files are gone (deliver)
 }
 
 // NewScheduler returns a scheduler for q; call Start to run it.
@@ -333,7 +335,11 @@ func (s *Scheduler) release(it *item, done bool, o Outcome) {
 }
 
 // deliver makes one attempt at each message of the batch and files the
-// results.
+// results. A message the upstream took whole leaves the queue the moment
+// its reply is read (upstream.Message.Done), before the next reply is read
+// and before anything else is done about it (the log line, the counters),
+// so a crash in the middle of a batch sends again only what the upstream
+// had accepted and the relay had not yet read.
 func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 	now := time.Now()
 	var ready []*item
@@ -372,29 +378,53 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 	if len(ready) == 0 {
 		return
 	}
-	out := s.up.SendBatch(ctx, msgs)
-	for _, b := range bodies {
-		b.Close()
-	}
-	for i, it := range ready {
-		m, log := it.msg, logs[i]
-		if ctx.Err() != nil && out[i].Err != nil {
-			// Cut short by shutdown: not a failure of the message.
-			if _, err := s.settle(it, false); err != nil {
-				s.dropLost(it, log, err)
-				continue
+	for i, m := range msgs {
+		m.Done = func(d upstream.Delivery) {
+			if d.Err == nil && (d.Result == nil || len(d.Result.Refused) == 0) {
+				bodies[i].Close() // first: Windows cannot remove an open file
+				s.remove(ready[i], logs[i])
 			}
-			log.Info().Int("attempt", m.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
-			s.release(it, false, Outcome{})
-			continue
 		}
-		var ue *upstream.Error
-		if err := out[i].Err; err != nil && !errors.As(err, &ue) {
-			ue = &upstream.Error{Stage: "data", Text: err.Error(), Temporary: true, Err: err,
-				Remedy: "An unexpected error; the relay retries by itself."}
-		}
-		s.file(it, log, out[i].Result, ue, now)
 	}
+	out := s.up.SendBatch(ctx, msgs)
+	for i, d := range out {
+		bodies[i].Close()
+		s.fileDelivery(ctx, ready[i], logs[i], d, now)
+	}
+}
+
+// remove takes a message the upstream has whole out of the queue (or drops
+// its staged data): the one step that cannot wait.
+func (s *Scheduler) remove(it *item, log zerolog.Logger) {
+	wasStaged, err := s.settle(it, true)
+	if err == nil && !wasStaged {
+		err = s.q.Delete(it.msg.ID)
+	}
+	if err != nil {
+		log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
+		return
+	}
+	it.removed = true
+}
+
+// fileDelivery files one message's outcome from a batch.
+func (s *Scheduler) fileDelivery(ctx context.Context, it *item, log zerolog.Logger, d upstream.Delivery, started time.Time) {
+	if ctx.Err() != nil && d.Err != nil {
+		// Cut short by shutdown: not a failure of the message.
+		if _, err := s.settle(it, false); err != nil {
+			s.dropLost(it, log, err)
+			return
+		}
+		log.Info().Int("attempt", it.msg.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
+		s.release(it, false, Outcome{})
+		return
+	}
+	var ue *upstream.Error
+	if err := d.Err; err != nil && !errors.As(err, &ue) {
+		ue = &upstream.Error{Stage: "data", Text: err.Error(), Temporary: true, Err: err,
+			Remedy: "An unexpected error; the relay retries by itself."}
+	}
+	s.file(it, log, d.Result, ue, started)
 }
 
 func (s *Scheduler) saveRetry(m *queue.Message) error {
@@ -478,7 +508,7 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 	if pending == 0 {
 		if failed == 0 {
 			// A staged message was never committed: settle removed its data.
-			if !wasStaged {
+			if !wasStaged && !it.removed {
 				if err := s.q.Delete(m.ID); err != nil {
 					log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
 				}

@@ -76,8 +76,22 @@ type Message struct {
 	Body     io.Reader // the whole message; an io.Seeker can be sent again
 	UTF8     bool      // the envelope or headers need SMTPUTF8
 	EightBit bool      // the content has 8-bit bytes: needs 8BITMIME
+	// Done, when set, is called once with the message's outcome as soon as
+	// it is final: in a batch, before the next message's reply is read, so
+	// that the caller can file a delivered message at once (a crash then
+	// sends again only what was in flight, not the whole batch).
+	Done func(Delivery)
 
-	read bool // Body has been read from
+	read     bool // Body has been read from
+	finished bool // Done was called
+}
+
+// finish reports d, m's final outcome, to Done (once).
+func (m *Message) finish(d Delivery) {
+	if m.Done != nil && !m.finished {
+		m.finished = true
+		m.Done(d)
+	}
 }
 
 // content returns the body from its start: a message tried again on
@@ -227,6 +241,9 @@ func (c *Client) SendBatch(ctx context.Context, msgs []*Message) []Delivery {
 		defer cancel()
 	}
 	out := make([]Delivery, len(msgs))
+	for _, m := range msgs {
+		m.finished = false
+	}
 	for done := 0; done < len(msgs); {
 		s, reused, err := c.session(ctx)
 		if err != nil {
@@ -247,6 +264,9 @@ func (c *Client) SendBatch(ctx context.Context, msgs []*Message) []Delivery {
 			}
 			break
 		}
+	}
+	for i, m := range msgs {
+		m.finish(out[i]) // those that no reply ended
 	}
 	return out
 }
@@ -612,6 +632,7 @@ func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
 			s.readEnd(t)
 		}
 		out[i] = Delivery{Result: t.res, Err: t.err}
+		t.m.finish(out[i]) // final: it goes no further, here or elsewhere
 		if s.broken != nil || next == nil {
 			s.dirty = t.reset()
 			return i + 1
@@ -670,6 +691,7 @@ func (s *session) sendChunked(txs []*txn, out []Delivery) int {
 		}
 		out[i] = Delivery{Result: t.res, Err: t.err}
 		if s.broken == nil {
+			t.m.finish(out[i])
 			continue
 		}
 		if !t.mailReplied {
@@ -680,6 +702,7 @@ func (s *session) sendChunked(txs []*txn, out []Delivery) int {
 		}
 		// Its reply says what became of it (a break before the last one is
 		// an error: its content went out, whether it was kept is unknown).
+		t.m.finish(out[i])
 		return i + 1
 	}
 	last := txs[len(txs)-1]

@@ -31,6 +31,9 @@ type scripted struct {
 	roots      *x509.CertPool
 
 	closeAfter int // after this many messages on a connection, answer the next MAIL with 421 and hang up (0: never)
+	// beforeAccept, when set, runs before the reply that accepts the n-th
+	// message of a connection (from 0).
+	beforeAccept func(n int)
 
 	mu          sync.Mutex
 	violations  []string
@@ -174,6 +177,9 @@ func (sc *scripted) serve(c net.Conn) {
 			sc.mu.Lock()
 			sc.bodies = append(sc.bodies, b.String())
 			sc.mu.Unlock()
+			if sc.beforeAccept != nil {
+				sc.beforeAccept(delivered)
+			}
 			delivered++
 			say("250 2.0.0 queued")
 		case "BDAT":
@@ -190,6 +196,9 @@ func (sc *scripted) serve(c net.Conn) {
 			sc.mu.Lock()
 			sc.bodies = append(sc.bodies, string(chunk))
 			sc.mu.Unlock()
+			if sc.beforeAccept != nil {
+				sc.beforeAccept(delivered)
+			}
 			delivered++
 			inMail = false
 			say("250 2.0.0 queued")
@@ -418,5 +427,51 @@ func TestChunkedBatchInOneRoundTrip(t *testing.T) {
 	}
 	if sc.turns != 1 {
 		t.Errorf("the batch took %d round trips, want 1", sc.turns)
+	}
+}
+
+// Each message of a batch is reported done (so the relay can file it) as
+// soon as its reply is read, before the next one's: the server here holds
+// back its reply to each message until the one before has been reported.
+func TestEachMessageIsDoneBeforeTheNextReplyIsRead(t *testing.T) {
+	for _, chunking := range []bool{true, false} {
+		t.Run(fmt.Sprintf("chunking=%v", chunking), func(t *testing.T) {
+			const n = 4
+			reported := make([]chan struct{}, n)
+			for i := range reported {
+				reported[i] = make(chan struct{})
+			}
+			sc := &scripted{pipelining: true, chunking: chunking}
+			sc.beforeAccept = func(k int) {
+				if k == 0 {
+					return
+				}
+				select {
+				case <-reported[k-1]:
+				case <-time.After(3 * time.Second):
+					sc.violation("message %d was not reported done before the reply to message %d was read", k-1, k)
+				}
+			}
+			startScripted(t, sc)
+			c := sc.client(t)
+			defer c.CloseIdle()
+			var msgs []*upstream.Message
+			for i := 0; i < n; i++ {
+				i := i
+				msgs = append(msgs, &upstream.Message{From: "me@icloud.com", To: []string{"a@example.com"}, Body: strings.NewReader(dotty),
+					Done: func(d upstream.Delivery) {
+						if d.Err != nil {
+							t.Errorf("message %d: %v", i, d.Err)
+						}
+						close(reported[i])
+					}})
+			}
+			for i, d := range c.SendBatch(context.Background(), msgs) {
+				if d.Err != nil {
+					t.Fatalf("message %d: %v", i, d.Err)
+				}
+			}
+			sc.check(t)
+		})
 	}
 }

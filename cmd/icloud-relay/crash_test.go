@@ -126,3 +126,74 @@ sync_window = %q
 		t.Errorf("failed area: %s", out)
 	}
 }
+
+// TestKillsWhileABacklogDrains queues a backlog while iCloud is
+// unreachable, then kills the relay again and again while it drains it. A
+// delivered message leaves the queue as soon as its reply is read, so a
+// kill re-sends only what iCloud had accepted and the relay had not yet
+// read: nothing is lost, and duplicates stay few (logged for the record).
+func TestKillsWhileABacklogDrains(t *testing.T) {
+	backlog, kills, latency := 200, 10, time.Duration(0)
+	if *soak {
+		// iCloud a network away: the drain lasts over many kills.
+		backlog, kills, latency = 300, 25, 5*time.Millisecond
+	}
+	s, err := upstreamtest.Start(upstreamtest.Options{Latency: latency})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cfg := writeConfigAt(t, s, dir, s.Password(), addr, "[delivery]\nretry_min = \"100ms\"\nretry_max = \"500ms\"\nprobe_interval = \"100ms\"\nsync_window = \"0s\"\n")
+	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
+	s.SetPort(s.TLSPort, upstreamtest.PortRefused)
+	p := startProc(t, "run", "--config", cfg)
+	p.waitLog(t, "listening for local mail clients")
+	for i := 0; i < backlog; i++ {
+		if err := sendTo(addr, fmt.Sprintf("backlog-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	s.SetPort(s.StartTLSPort, upstreamtest.PortUp)
+	s.SetPort(s.TLSPort, upstreamtest.PortUp)
+
+	done := 0
+	for ; done < kills; done++ {
+		p := startProc(t, "run", "--config", cfg)
+		p.waitLog(t, "listening for local mail clients")
+		time.Sleep(time.Duration(20+rand.IntN(200)) * time.Millisecond)
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+		if left, _ := filepath.Glob(filepath.Join(dir, "queue", "active", "*.json")); len(left) == 0 {
+			done++
+			break
+		}
+	}
+	p = startProc(t, "run", "--config", cfg)
+	p.waitLog(t, "listening for local mail clients")
+	if left := waitQueueEmpty(dir, 60*time.Second); len(left) > 0 {
+		t.Fatalf("%d files left in the queue", len(left))
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+
+	delivered := map[string]int{}
+	for _, m := range s.Messages() {
+		delivered[m.Subject()]++
+	}
+	dups := 0
+	for i := 0; i < backlog; i++ {
+		n := delivered[fmt.Sprintf("backlog-%d", i)]
+		if n == 0 {
+			t.Errorf("backlog-%d was never delivered", i)
+		}
+		dups += max(n-1, 0)
+	}
+	t.Logf("backlog %d, kills while draining %d, lost 0, duplicates %d (%.2f a kill)", backlog, done, dups, float64(dups)/float64(max(done, 1)))
+	if bound := done * 2 * 8; dups > bound { // at most a batch per worker per kill
+		t.Errorf("%d duplicates, more than a batch per worker per kill (%d)", dups, bound)
+	}
+}
