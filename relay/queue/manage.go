@@ -93,11 +93,11 @@ func (q *Queue) RemoveFailed(id string) error {
 	if _, err := q.GetFailed(id); err != nil {
 		return err
 	}
-	if err := os.Remove(q.metaPath(q.failed, id)); err != nil {
+	if err := q.fs.Remove(q.metaPath(q.failed, id)); err != nil {
 		return &Error{Op: "delete", ID: id, Err: err}
 	}
-	os.Remove(q.dataPath(q.failed, id))
-	return syncDir(q.failed)
+	q.fs.Remove(q.dataPath(q.failed, id))
+	return q.fs.SyncDir(q.failed)
 }
 
 // Requeue moves a failed message back to the queue: its failed recipients
@@ -117,21 +117,21 @@ func (q *Queue) Requeue(id string) (*Message, error) {
 		}
 	}
 	m.Final, m.Received, m.NextAttempt = nil, now, now
-	if err := os.Rename(q.dataPath(q.failed, id), q.dataPath(q.active, id)); err != nil {
+	if err := q.fs.Rename(q.dataPath(q.failed, id), q.dataPath(q.active, id)); err != nil {
 		return nil, &Error{Op: "requeue", ID: id, Err: err}
 	}
 	if err := q.writeMeta(q.active, m); err != nil {
 		return nil, err
 	}
-	os.Remove(q.metaPath(q.failed, id))
-	syncDir(q.failed)
+	q.fs.Remove(q.metaPath(q.failed, id))
+	q.fs.SyncDir(q.failed)
 	return m, nil
 }
 
 // SaveState stores a small piece of relay state (e.g. the sending counter)
 // beside the queue, atomically.
 func (q *Queue) SaveState(name string, data []byte) error {
-	if err := writeAtomic(q.tmp, filepath.Join(q.dir, name), data); err != nil {
+	if err := q.writeAtomic(filepath.Join(q.dir, name), data); err != nil {
 		return &Error{Op: "save " + name, Err: err}
 	}
 	return nil

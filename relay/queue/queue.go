@@ -150,13 +150,14 @@ var ErrNotFound = errors.New("no such message")
 type Queue struct {
 	dir, tmp, active, failed string
 	tightened                []string
+	fs                       fileSystem
 }
 
 // Open creates the directory layout if needed, owner-only: queued mail is
 // private. An existing directory that others may read is tightened (on
 // Unix; Windows permissions are not mode bits), where its owner runs this.
 func Open(dir string) (*Queue, error) {
-	q := &Queue{dir: dir, tmp: filepath.Join(dir, "tmp"), active: filepath.Join(dir, "active"), failed: filepath.Join(dir, "failed")}
+	q := &Queue{dir: dir, tmp: filepath.Join(dir, "tmp"), active: filepath.Join(dir, "active"), failed: filepath.Join(dir, "failed"), fs: osFS{}}
 	for _, d := range []string{q.dir, q.tmp, q.active, q.failed} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, &Error{Op: "open", Err: err}
@@ -201,7 +202,7 @@ func (q *Queue) Enqueue(m *Message, body io.Reader) error {
 // Staged is a message whose data is written but not yet durable, and
 // which has no metadata: not yet a message (a restart removes it).
 type Staged struct {
-	f  *os.File
+	f  file
 	id string
 }
 
@@ -222,14 +223,14 @@ func (q *Queue) Stage(m *Message, body io.Reader) (*Staged, error) {
 	// The data goes straight to its place: without its metadata it is not
 	// a message, and Recover removes it.
 	dataPath := q.dataPath(q.active, m.ID)
-	f, err := os.OpenFile(dataPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	f, err := q.fs.OpenFile(dataPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, &Error{Op: "create", ID: m.ID, Err: err}
 	}
 	n, err := io.Copy(f, body)
 	if err != nil {
 		f.Close()
-		os.Remove(dataPath)
+		q.fs.Remove(dataPath)
 		return nil, &Error{Op: "write", ID: m.ID, Err: err}
 	}
 	m.Size = n
@@ -259,13 +260,13 @@ func (q *Queue) Rewrite(st *Staged, m *Message, rewrite func(open func() (io.Rea
 		opened = append(opened, f)
 		return f, nil
 	}
-	tmp, err := os.CreateTemp(q.tmp, st.id+"-*.eml")
+	tmp, err := q.fs.CreateTemp(q.tmp, st.id+"-*.eml")
 	if err != nil {
 		return &Error{Op: "create", ID: st.id, Err: err}
 	}
 	if err := rewrite(open, tmp); err != nil {
 		tmp.Close()
-		os.Remove(tmp.Name())
+		q.fs.Remove(tmp.Name())
 		return err
 	}
 	info, err := tmp.Stat()
@@ -276,11 +277,11 @@ func (q *Queue) Rewrite(st *Staged, m *Message, rewrite func(open func() (io.Rea
 		}
 		opened = nil
 		st.f.Close()
-		err = os.Rename(tmp.Name(), path)
+		err = q.fs.Rename(tmp.Name(), path)
 	}
 	if err != nil {
 		tmp.Close()
-		os.Remove(tmp.Name())
+		q.fs.Remove(tmp.Name())
 		return &Error{Op: "rewrite", ID: st.id, Err: err}
 	}
 	st.f, m.Size = tmp, info.Size()
@@ -295,11 +296,11 @@ func (q *Queue) Commit(st *Staged, m *Message) error {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(st.f.Name())
+		q.fs.Remove(q.dataPath(q.active, st.id))
 		return &Error{Op: "fsync", ID: st.id, Err: err}
 	}
 	if err := q.writeMeta(q.active, m); err != nil {
-		os.Remove(st.f.Name())
+		q.fs.Remove(q.dataPath(q.active, st.id))
 		return err
 	}
 	return nil
@@ -308,7 +309,7 @@ func (q *Queue) Commit(st *Staged, m *Message) error {
 // Discard removes a staged message (the upstream has it).
 func (q *Queue) Discard(st *Staged) error {
 	st.f.Close()
-	if err := os.Remove(st.f.Name()); err != nil {
+	if err := q.fs.Remove(q.dataPath(q.active, st.id)); err != nil {
 		return &Error{Op: "delete", ID: st.id, Err: err}
 	}
 	return nil
@@ -336,10 +337,10 @@ func (q *Queue) Body(id string) (*os.File, error) {
 // losing a removal to a power cut can only cause a duplicate, never a loss,
 // and an fsync per delivered message is a real cost.
 func (q *Queue) Delete(id string) error {
-	if err := os.Remove(q.metaPath(q.active, id)); err != nil {
+	if err := q.fs.Remove(q.metaPath(q.active, id)); err != nil {
 		return &Error{Op: "delete", ID: id, Err: err}
 	}
-	if err := os.Remove(q.dataPath(q.active, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := q.fs.Remove(q.dataPath(q.active, id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return &Error{Op: "delete", ID: id, Err: err}
 	}
 	return nil
@@ -348,16 +349,16 @@ func (q *Queue) Delete(id string) error {
 // Fail moves m to the failed area with the final reason.
 func (q *Queue) Fail(m *Message, final Outcome) error {
 	m.Final = &final
-	if err := os.Rename(q.dataPath(q.active, m.ID), q.dataPath(q.failed, m.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := q.fs.Rename(q.dataPath(q.active, m.ID), q.dataPath(q.failed, m.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return &Error{Op: "fail", ID: m.ID, Err: err}
 	}
 	if err := q.writeMeta(q.failed, m); err != nil {
 		return err
 	}
-	if err := os.Remove(q.metaPath(q.active, m.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := q.fs.Remove(q.metaPath(q.active, m.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return &Error{Op: "fail", ID: m.ID, Err: err}
 	}
-	syncDir(q.active)
+	q.fs.SyncDir(q.active)
 	return nil
 }
 
@@ -392,7 +393,7 @@ func (q *Queue) writeMeta(dir string, m *Message) error {
 	if err != nil {
 		return &Error{Op: "encode", ID: m.ID, Err: err}
 	}
-	if err := writeAtomic(q.tmp, q.metaPath(dir, m.ID), b); err != nil {
+	if err := q.writeAtomic(q.metaPath(dir, m.ID), b); err != nil {
 		return &Error{Op: "write metadata", ID: m.ID, Err: err}
 	}
 	return nil
@@ -400,8 +401,8 @@ func (q *Queue) writeMeta(dir string, m *Message) error {
 
 // writeAtomic writes data to path through a synced temp file and a rename,
 // then syncs the directory so the rename itself survives a power cut.
-func writeAtomic(tmpDir, path string, data []byte) error {
-	f, err := os.CreateTemp(tmpDir, filepath.Base(path)+"-*")
+func (q *Queue) writeAtomic(path string, data []byte) error {
+	f, err := q.fs.CreateTemp(q.tmp, filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
@@ -413,13 +414,13 @@ func writeAtomic(tmpDir, path string, data []byte) error {
 		werr = cerr
 	}
 	if werr == nil {
-		werr = os.Rename(f.Name(), path)
+		werr = q.fs.Rename(f.Name(), path)
 	}
 	if werr != nil {
-		os.Remove(f.Name())
+		q.fs.Remove(f.Name())
 		return werr
 	}
-	return syncDir(filepath.Dir(path))
+	return q.fs.SyncDir(filepath.Dir(path))
 }
 
 func readMeta(path string) (*Message, error) {

@@ -1,0 +1,264 @@
+package queue
+
+import (
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// recordingFS is the real file system with a log of every step the
+// queue's durability rests on, named by where each file is at that moment
+// (a file renamed after it was opened is named by its new place).
+type recordingFS struct {
+	dir string
+	mu  sync.Mutex
+	log []string
+	at  map[*recordedFile]string
+}
+
+type recordedFile struct {
+	file
+	fs *recordingFS
+}
+
+func (r *recordingFS) add(format string, args ...any) {
+	r.log = append(r.log, fmt.Sprintf(format, args...))
+}
+
+func (r *recordingFS) rel(path string) string {
+	if rel, err := filepath.Rel(r.dir, path); err == nil {
+		return filepath.ToSlash(rel)
+	}
+	return path
+}
+
+func (r *recordingFS) OpenFile(name string, flag int, perm fs.FileMode) (file, error) {
+	f, err := osFS{}.OpenFile(name, flag, perm)
+	return r.wrap(f, err, name)
+}
+
+func (r *recordingFS) CreateTemp(dir, pattern string) (file, error) {
+	f, err := osFS{}.CreateTemp(dir, pattern)
+	if err != nil {
+		return nil, err
+	}
+	return r.wrap(f, err, f.Name())
+}
+
+func (r *recordingFS) wrap(f file, err error, name string) (file, error) {
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rf := &recordedFile{file: f, fs: r}
+	r.at[rf] = r.rel(name)
+	r.add("create %s", r.at[rf])
+	return rf, nil
+}
+
+func (r *recordingFS) Rename(oldpath, newpath string) error {
+	err := osFS{}.Rename(oldpath, newpath)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		for f, at := range r.at {
+			if at == r.rel(oldpath) {
+				r.at[f] = r.rel(newpath)
+			}
+		}
+		r.add("rename %s %s", r.rel(oldpath), r.rel(newpath))
+	}
+	return err
+}
+
+func (r *recordingFS) Remove(name string) error {
+	err := osFS{}.Remove(name)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		r.add("remove %s", r.rel(name))
+	}
+	return err
+}
+
+func (r *recordingFS) SyncDir(dir string) error {
+	r.mu.Lock()
+	r.add("syncdir %s", r.rel(dir))
+	r.mu.Unlock()
+	return osFS{}.SyncDir(dir)
+}
+
+func (f *recordedFile) Write(p []byte) (int, error) {
+	f.fs.mu.Lock()
+	f.fs.add("write %s", f.fs.at[f])
+	f.fs.mu.Unlock()
+	return f.file.Write(p)
+}
+
+func (f *recordedFile) Sync() error {
+	f.fs.mu.Lock()
+	f.fs.add("sync %s", f.fs.at[f])
+	f.fs.mu.Unlock()
+	return f.file.Sync()
+}
+
+// recorded opens a queue in a new directory with a recording file system.
+func recorded(t *testing.T) (*Queue, *recordingFS) {
+	t.Helper()
+	dir := t.TempDir()
+	q := mustOpen(t, dir)
+	r := &recordingFS{dir: dir, at: map[*recordedFile]string{}}
+	q.fs = r
+	return q, r
+}
+
+// steps returns the log so far and starts a new one.
+func (r *recordingFS) steps() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	log := r.log
+	r.log = nil
+	return log
+}
+
+// index is the position of the first step matching pattern (a prefix;
+// "*" stands for the temp file's random part), or -1.
+func index(log []string, pattern string) int {
+	before, after, wild := strings.Cut(pattern, "*")
+	for i, l := range log {
+		if !wild && l == pattern || wild && strings.HasPrefix(l, before) && strings.HasSuffix(l, after) {
+			return i
+		}
+	}
+	return -1
+}
+
+// inOrder fails unless every pattern is in log, each after the one before.
+func inOrder(t *testing.T, what string, log []string, patterns ...string) {
+	t.Helper()
+	last := -1
+	for _, p := range patterns {
+		i := index(log[last+1:], p)
+		if i < 0 {
+			t.Fatalf("%s: no %q after step %d in:\n%s", what, p, last, strings.Join(log, "\n"))
+		}
+		last += i + 1
+	}
+}
+
+// firstBefore fails unless the first step matching a comes before the
+// first matching b: b must not happen, even once, before a.
+func firstBefore(t *testing.T, what string, log []string, a, b string) {
+	t.Helper()
+	if i, j := index(log, a), index(log, b); i < 0 || j < 0 || i > j {
+		t.Fatalf("%s: %q (step %d) must come before %q (step %d) in:\n%s", what, a, i, b, j, strings.Join(log, "\n"))
+	}
+}
+
+// The commit protocol, step by step: a message exists once its metadata is
+// in active/, so its data must be synced before, the metadata written
+// through a synced temp file and a rename, and the rename made durable by
+// syncing the directory, all before Enqueue returns (before the 250).
+func TestCommitOrder(t *testing.T) {
+	for _, staged := range []bool{false, true} {
+		q, r := recorded(t)
+		m := newMsg()
+		m.ID = "20260101T000000-aaaaaaaaaaaa"
+		if staged {
+			st, err := q.Stage(m, strings.NewReader("Subject: s\r\n\r\nbody\r\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := q.Commit(st, m); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := q.Enqueue(m, strings.NewReader("Subject: s\r\n\r\nbody\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		log := r.steps()
+		firstBefore(t, "commit", log, "sync active/"+m.ID+".eml", "rename tmp/"+m.ID+".json-* active/"+m.ID+".json")
+		inOrder(t, "commit", log,
+			"create active/"+m.ID+".eml",
+			"write active/"+m.ID+".eml",
+			"sync active/"+m.ID+".eml",
+			"create tmp/"+m.ID+".json-*",
+			"write tmp/"+m.ID+".json-*",
+			"sync tmp/"+m.ID+".json-*",
+			"rename tmp/"+m.ID+".json-* active/"+m.ID+".json",
+			"syncdir active")
+	}
+}
+
+// Re-encoded data (Rewrite) takes the staged data's place: the new file is
+// what is synced at the commit, under its final name.
+func TestRewrittenDataIsSyncedBeforeTheMetadata(t *testing.T) {
+	q, r := recorded(t)
+	m := newMsg()
+	m.ID = "20260101T000000-bbbbbbbbbbbb"
+	st, err := q.Stage(m, strings.NewReader("Subject: s\r\n\r\nlong\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Rewrite(st, m, func(_ func() (io.Reader, error), w io.Writer) error {
+		_, err := io.WriteString(w, "Subject: s\r\n\r\nrewritten\r\n")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Commit(st, m); err != nil {
+		t.Fatal(err)
+	}
+	log := r.steps()
+	inOrder(t, "rewrite and commit", log,
+		"create tmp/"+m.ID+"-*",
+		"rename tmp/"+m.ID+"-* active/"+m.ID+".eml",
+		"sync active/"+m.ID+".eml",
+		"rename tmp/"+m.ID+".json-* active/"+m.ID+".json",
+		"syncdir active")
+}
+
+// A delivered message loses its metadata first: a crash between the two
+// removals leaves an orphaned data file (removed at start), never metadata
+// that points at nothing.
+func TestDeleteOrder(t *testing.T) {
+	q, r := recorded(t)
+	m := newMsg()
+	if err := q.Enqueue(m, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	r.steps()
+	if err := q.Delete(m.ID); err != nil {
+		t.Fatal(err)
+	}
+	inOrder(t, "delete", r.steps(), "remove active/"+m.ID+".json", "remove active/"+m.ID+".eml")
+}
+
+// A move to the failed area makes the failed copy durable (data moved,
+// metadata synced and renamed in, directory synced) before the active
+// metadata goes: a crash in between leaves the message in one place or
+// both, never in neither.
+func TestFailOrder(t *testing.T) {
+	q, r := recorded(t)
+	m := newMsg()
+	if err := q.Enqueue(m, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	r.steps()
+	if err := q.Fail(m, Outcome{Text: "refused"}); err != nil {
+		t.Fatal(err)
+	}
+	log := r.steps()
+	firstBefore(t, "fail", log, "syncdir failed", "remove active/"+m.ID+".json")
+	inOrder(t, "fail", log,
+		"rename active/"+m.ID+".eml failed/"+m.ID+".eml",
+		"sync tmp/"+m.ID+".json-*",
+		"rename tmp/"+m.ID+".json-* failed/"+m.ID+".json",
+		"syncdir failed",
+		"remove active/"+m.ID+".json",
+		"syncdir active")
+}
