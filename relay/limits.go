@@ -92,7 +92,7 @@ func (s *Scheduler) loadCounter() {
 // countSent records a delivered message and warns near the limit.
 func (s *Scheduler) countSent(rcpts int) {
 	s.mu.Lock()
-	now := time.Now()
+	now := s.clock.Now()
 	s.sent.add(now, rcpts)
 	s.sent.dirty = true
 	msgs, total := s.sent.totals(now)
@@ -128,7 +128,7 @@ func (s *Scheduler) saveCounter() {
 		return
 	}
 	b, _ := json.Marshal(&s.sent)
-	s.sent.dirty, s.sent.savedAt = false, time.Now()
+	s.sent.dirty, s.sent.savedAt = false, s.clock.Now()
 	s.mu.Unlock()
 	if err := s.q.SaveState(stateFile, b); err != nil {
 		s.log.Warn().Err(err).Str("stage", "queue").Msg("cannot save the sending counter")
@@ -139,7 +139,7 @@ func (s *Scheduler) saveCounter() {
 func (s *Scheduler) dailyLimitPause(e *upstream.Error) time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.clock.Now()
 	if now.Before(s.pausedUntil) {
 		return s.pausedUntil
 	}

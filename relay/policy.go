@@ -21,6 +21,8 @@ type Policy struct {
 	// Redactor masks the secrets in an upstream reply (a server may echo
 	// what it was sent) before it is recorded, logged or passed on.
 	Redactor *redact.Redactor
+	// Clock is the scheduler's time; nil means the system's.
+	Clock Clock
 }
 
 // Backoff is the delay before retry number attempt (1 for the first retry):

@@ -57,10 +57,11 @@ type RecipientRefusal struct {
 // their retries while a cheap probe watches for the upstream's return, and
 // then everything is sent at once).
 type Scheduler struct {
-	q   *queue.Queue
-	up  Sender
-	pol Policy
-	log zerolog.Logger
+	q     *queue.Queue
+	up    Sender
+	pol   Policy
+	clock Clock
+	log   zerolog.Logger
 
 	mu          sync.Mutex
 	items       map[string]*item
@@ -90,7 +91,11 @@ type item struct {
 
 // NewScheduler returns a scheduler for q; call Start to run it.
 func NewScheduler(q *queue.Queue, up Sender, pol Policy, log zerolog.Logger) *Scheduler {
-	return &Scheduler{q: q, up: up, pol: pol, log: log, items: map[string]*item{}, notify: make(chan struct{}), wentDown: make(chan struct{}, 1)}
+	clock := pol.Clock
+	if clock == nil {
+		clock = systemClock{}
+	}
+	return &Scheduler{q: q, up: up, pol: pol, clock: clock, log: log, items: map[string]*item{}, notify: make(chan struct{}), wentDown: make(chan struct{}, 1)}
 }
 
 // Start loads the queue and runs the workers until ctx ends. Messages found
@@ -101,7 +106,7 @@ func (s *Scheduler) Start(ctx context.Context) error {
 		return err
 	}
 	s.loadCounter()
-	now := time.Now()
+	now := s.clock.Now()
 	s.mu.Lock()
 	for _, m := range msgs {
 		m.NextAttempt = now
@@ -145,7 +150,7 @@ func (s *Scheduler) Submit(m *queue.Message, st *queue.Staged) <-chan Outcome {
 		it.snapshot = m.Clone()
 	}
 	var ch chan Outcome
-	if st != nil && s.usable(time.Now()) {
+	if st != nil && s.usable(s.clock.Now()) {
 		ch = make(chan Outcome, 1)
 		it.waiters = append(it.waiters, ch)
 	}
@@ -233,7 +238,7 @@ func (s *Scheduler) worker(ctx context.Context) {
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
-		now := time.Now()
+		now := s.clock.Now()
 		it, wait := s.pick(now)
 		var batch []*item
 		if it != nil {
@@ -245,13 +250,13 @@ func (s *Scheduler) worker(ctx context.Context) {
 			s.deliver(ctx, batch)
 			continue
 		}
-		t := time.NewTimer(wait)
+		t := s.clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
 		case <-notify:
-		case <-t.C:
+		case <-t.C():
 		}
 		t.Stop()
 	}
@@ -341,7 +346,7 @@ func (s *Scheduler) release(it *item, done bool, o Outcome) {
 // so a crash in the middle of a batch sends again only what the upstream
 // had accepted and the relay had not yet read.
 func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
-	now := time.Now()
+	now := s.clock.Now()
 	var ready []*item
 	var logs []zerolog.Logger
 	var msgs []*upstream.Message
@@ -438,7 +443,7 @@ func (s *Scheduler) saveRetry(m *queue.Message) error {
 func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue *upstream.Error, started time.Time) {
 	ue, res = s.mask(ue), s.maskResult(res)
 	m := it.msg
-	now := time.Now()
+	now := s.clock.Now()
 	all := ue == nil && (res == nil || len(res.Refused) == 0)
 	wasStaged, err := s.settle(it, all)
 	if err != nil {
@@ -574,7 +579,7 @@ func (s *Scheduler) upstreamState(e *upstream.Error) time.Time {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.clock.Now()
 	switch {
 	case e.AccountProblem() && !now.Before(s.pausedUntil):
 		s.pausedUntil = now.Add(s.pol.AuthPause)
@@ -618,13 +623,13 @@ func (s *Scheduler) prober(ctx context.Context) {
 // probeUntilUp probes every ProbeInterval until the upstream answers; false
 // when ctx ended first.
 func (s *Scheduler) probeUntilUp(ctx context.Context) bool {
-	t := time.NewTicker(s.pol.ProbeInterval)
-	defer t.Stop()
 	for {
+		t := s.clock.NewTimer(s.pol.ProbeInterval)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return false
-		case <-t.C:
+		case <-t.C():
 		}
 		s.mu.Lock()
 		down := s.down != nil
@@ -639,7 +644,7 @@ func (s *Scheduler) probeUntilUp(ctx context.Context) bool {
 			s.log.Debug().Err(err).Msg("probe: upstream still unreachable")
 			continue
 		}
-		now := time.Now()
+		now := s.clock.Now()
 		s.mu.Lock()
 		s.down = nil
 		for _, it := range s.items {
@@ -657,7 +662,7 @@ func (s *Scheduler) probeUntilUp(ctx context.Context) bool {
 
 func (s *Scheduler) expire(it *item, log zerolog.Logger) {
 	m := it.msg
-	final := queue.Outcome{Time: time.Now(), Stage: "queue",
+	final := queue.Outcome{Time: s.clock.Now(), Stage: "queue",
 		Text:   fmt.Sprintf("gave up after %d attempts over %s", m.Attempts, s.pol.MaxAge),
 		Remedy: "The message could not be delivered in time; the log lines before this one say why. Send it again once the cause is fixed."}
 	if last := m.LastError(); last != nil {
@@ -671,7 +676,7 @@ func (s *Scheduler) expire(it *item, log zerolog.Logger) {
 }
 
 func (s *Scheduler) failLocal(it *item, log zerolog.Logger, text string) {
-	s.moveToFailed(it, log, queue.Outcome{Time: time.Now(), Stage: "queue", Text: text,
+	s.moveToFailed(it, log, queue.Outcome{Time: s.clock.Now(), Stage: "queue", Text: text,
 		Remedy: "The queued copy is damaged; the message cannot be sent. Send it again."})
 }
 
@@ -712,7 +717,7 @@ func (s *Scheduler) reportFailure(m *queue.Message, log zerolog.Logger) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "From: icloud-relay <%s>\r\nTo: <%s>\r\nSubject: Undelivered: %s\r\nDate: %s\r\nAuto-Submitted: auto-generated\r\n\r\n",
-		s.pol.NoticeTo, s.pol.NoticeTo, subject, time.Now().Format(time.RFC1123Z))
+		s.pol.NoticeTo, s.pol.NoticeTo, subject, s.clock.Now().Format(time.RFC1123Z))
 	fmt.Fprintf(&b, "icloud-relay could not deliver message %s from <%s> (%q).\r\n\r\n", m.ID, m.From, subject)
 	for _, r := range m.Rcpts {
 		if r.Status == queue.Failed && r.Error != nil {

@@ -1,0 +1,341 @@
+package relay
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/upstream"
+)
+
+// fakeClock is moved by hand; its timers fire when it passes them.
+type fakeClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	at      time.Time
+	c       chan time.Time
+	stopped bool
+}
+
+func (t *fakeTimer) C() <-chan time.Time { return t.c }
+func (t *fakeTimer) Stop() bool          { t.stopped = true; return true }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) NewTimer(d time.Duration) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &fakeTimer{at: c.now.Add(d), c: make(chan time.Time, 1)}
+	c.timers = append(c.timers, t)
+	return t
+}
+
+// advance moves the clock on and fires the timers it passes.
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	keep := c.timers[:0]
+	for _, t := range c.timers {
+		if t.stopped {
+			continue
+		}
+		if !t.at.After(c.now) {
+			t.c <- c.now
+			continue
+		}
+		keep = append(keep, t)
+	}
+	c.timers = keep
+}
+
+// fakeSender answers every attempt with answer(message subject) and
+// records what it was asked.
+type fakeSender struct {
+	mu      sync.Mutex
+	answer  func(subject string) error
+	probe   func() error
+	sent    []string // subjects, one per attempt
+	probes  int
+	attempt chan string
+}
+
+func newFakeSender() *fakeSender {
+	return &fakeSender{attempt: make(chan string, 1000), answer: func(string) error { return nil }, probe: func() error { return nil }}
+}
+
+func (f *fakeSender) SendBatch(_ context.Context, msgs []*upstream.Message) []upstream.Delivery {
+	out := make([]upstream.Delivery, len(msgs))
+	for i, m := range msgs {
+		b := make([]byte, 512)
+		n, _ := m.Body.Read(b)
+		subject, _, _ := strings.Cut(strings.TrimPrefix(string(b[:n]), "Subject: "), "\r\n")
+		f.mu.Lock()
+		answer := f.answer
+		f.sent = append(f.sent, subject)
+		f.mu.Unlock()
+		if err := answer(subject); err != nil {
+			out[i].Err = err
+		} else {
+			out[i].Result = &upstream.Result{Refused: map[string]*upstream.Error{}}
+		}
+		f.attempt <- subject
+	}
+	return out
+}
+
+func (f *fakeSender) Probe(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.probes++
+	return f.probe()
+}
+
+func (f *fakeSender) set(answer func(string) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.answer = answer
+}
+
+// attempts waits (in real time, generously) for n attempts and returns them.
+func (f *fakeSender) attempts(t *testing.T, n int) []string {
+	t.Helper()
+	var got []string
+	for len(got) < n {
+		select {
+		case s := <-f.attempt:
+			got = append(got, s)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d attempts, want %d", len(got), n)
+		}
+	}
+	return got
+}
+
+// none checks that no attempt comes for a while (the scheduler settles).
+func (f *fakeSender) none(t *testing.T) {
+	t.Helper()
+	select {
+	case s := <-f.attempt:
+		t.Fatalf("an attempt at %q, want none", s)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+var testPolicy = Policy{Workers: 2, RetryMin: 30 * time.Second, RetryMax: time.Hour, MaxAge: 72 * time.Hour,
+	ProbeInterval: 5 * time.Second, AuthPause: time.Hour, DailyLimit: 1000}
+
+// schedulerWith runs a scheduler with a fake clock and sender over a real
+// queue holding the given messages.
+func schedulerWith(t *testing.T, subjects ...string) (*Scheduler, *fakeSender, *fakeClock, *queue.Queue) {
+	t.Helper()
+	q, err := queue.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range subjects {
+		m := &queue.Message{From: "me@icloud.com", Rcpts: []queue.Recipient{{Addr: "a@example.com", Status: queue.Pending}}}
+		if err := q.Enqueue(m, strings.NewReader("Subject: "+s+"\r\n\r\nbody\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock := &fakeClock{now: time.Now()}
+	up := newFakeSender()
+	pol := testPolicy
+	pol.Clock = clock
+	s := NewScheduler(q, up, pol, zerolog.Nop())
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); s.Wait() })
+	return s, up, clock, q
+}
+
+func temporary(stage upstream.Stage, code int, text string) *upstream.Error {
+	return &upstream.Error{Stage: stage, Code: code, Text: text, Temporary: code < 500}
+}
+
+// waitFor polls cond in real time (the scheduler runs in goroutines).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never: %s", what)
+		}
+	}
+}
+
+// Messages that failed together do not retry together: the backoff's
+// jitter is applied where retries are scheduled.
+func TestMessagesThatFailTogetherRetryApart(t *testing.T) {
+	var subjects []string
+	for i := 0; i < 24; i++ {
+		subjects = append(subjects, "m"+string(rune('a'+i)))
+	}
+	_, up, _, q := schedulerWith(t, subjects...)
+	up.set(func(string) error { return temporary(upstream.StageData, 451, "busy") })
+	up.attempts(t, len(subjects))
+	var first, last time.Time
+	waitFor(t, "every failure filed", func() bool {
+		msgs, _ := q.Active()
+		n := 0
+		for _, m := range msgs {
+			if m.Attempts == 1 && m.LastError() != nil {
+				n++
+			}
+		}
+		return n == len(subjects)
+	})
+	msgs, _ := q.Active()
+	for _, m := range msgs {
+		if first.IsZero() || m.NextAttempt.Before(first) {
+			first = m.NextAttempt
+		}
+		if m.NextAttempt.After(last) {
+			last = m.NextAttempt
+		}
+	}
+	if spread := last.Sub(first); spread < 2*time.Second {
+		t.Fatalf("24 messages that failed together retry within %s of each other (retry_min 30s, ±20%% jitter)", spread)
+	}
+}
+
+// A message that keeps failing is given up at max_age: it goes to the
+// failed area with a final record that says so and why.
+func TestGiveUpAtMaxAge(t *testing.T) {
+	_, up, clock, q := schedulerWith(t, "doomed")
+	up.set(func(string) error { return temporary(upstream.StageRcpt, 451, "mailbox busy") })
+	up.attempts(t, 1)
+	for i := 0; i < 200; i++ {
+		clock.advance(time.Hour)
+		if failed, _ := q.Failed(); len(failed) == 1 {
+			break
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitFor(t, "the message in the failed area", func() bool { failed, _ := q.Failed(); return len(failed) == 1 })
+	failed, _ := q.Failed()
+	f := failed[0].Final
+	if f == nil || !strings.Contains(f.Text, "gave up after") || !strings.Contains(f.Text, "mailbox busy") {
+		t.Fatalf("final record: %+v", f)
+	}
+	if age := f.Time.Sub(failed[0].Received); age < testPolicy.MaxAge || age > testPolicy.MaxAge+2*time.Hour {
+		t.Fatalf("given up at age %s, want max_age %s", age, testPolicy.MaxAge)
+	}
+	if act, _ := q.Active(); len(act) != 0 {
+		t.Fatalf("%d still queued", len(act))
+	}
+}
+
+// Even while the upstream is unreachable (nothing is retried, a probe
+// watches), a message reaches the failed area at max_age, on time.
+func TestGiveUpAtMaxAgeWhileUnreachable(t *testing.T) {
+	_, up, clock, q := schedulerWith(t, "stranded")
+	down := func() error { return temporary(upstream.StageConnect, 0, "connection refused") }
+	up.mu.Lock()
+	up.probe = down
+	up.mu.Unlock()
+	up.set(func(string) error { return down() })
+	up.attempts(t, 1)
+	clock.advance(testPolicy.MaxAge + time.Minute)
+	waitFor(t, "the message in the failed area while the upstream is down", func() bool { failed, _ := q.Failed(); return len(failed) == 1 })
+}
+
+// A refused login (535) pauses every delivery for auth_pause: no message
+// burns its retries meanwhile; then deliveries resume.
+func TestRefusedLoginPausesEverything(t *testing.T) {
+	s, up, clock, q := schedulerWith(t, "first")
+	up.set(func(string) error {
+		return &upstream.Error{Stage: upstream.StageAuth, Code: 535, EnhancedCode: "5.7.8", Text: "invalid credentials"}
+	})
+	up.attempts(t, 1)
+	// More mail while paused, and time passing short of the pause.
+	m := &queue.Message{From: "me@icloud.com", Rcpts: []queue.Recipient{{Addr: "b@example.com", Status: queue.Pending}}}
+	if err := q.Enqueue(m, strings.NewReader("Subject: second\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	s.Submit(m, nil)
+	for i := 0; i < 5; i++ {
+		clock.advance(10 * time.Minute)
+		up.none(t)
+	}
+	up.set(func(string) error { return nil })
+	clock.advance(15 * time.Minute) // past the hour's pause
+	up.attempts(t, 2)
+	waitFor(t, "both delivered after the pause", func() bool { act, _ := q.Active(); return len(act) == 0 })
+}
+
+// iCloud's daily sending limit holds the queue until the rolling day
+// frees up, at MAIL or at RCPT alike; the message does not fail.
+func TestDailyLimitHoldsTheQueue(t *testing.T) {
+	for _, stage := range []upstream.Stage{upstream.StageMail, upstream.StageRcpt} {
+		t.Run(string(stage), func(t *testing.T) {
+			_, up, clock, q := schedulerWith(t, "over the limit")
+			limit := &upstream.Error{Stage: stage, Code: 550, EnhancedCode: "5.7.1",
+				Text: "<me@icloud.com>: You have exceeded your daily sending limit. Please try again later."}
+			up.set(func(string) error { return limit })
+			up.attempts(t, 1)
+			// Held (an hour at least, when the relay counted none of the
+			// day's sending itself), not retried with the usual backoff.
+			for i := 0; i < 5; i++ {
+				clock.advance(10 * time.Minute)
+				up.none(t)
+			}
+			if failed, _ := q.Failed(); len(failed) != 0 {
+				t.Fatal("the daily limit failed a message for good")
+			}
+			up.set(func(string) error { return nil })
+			for i := 0; i < 30; i++ {
+				clock.advance(time.Hour)
+				select {
+				case <-up.attempt:
+					waitFor(t, "delivered once the day rolled over", func() bool { act, _ := q.Active(); return len(act) == 0 })
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			t.Fatal("never tried again after the rolling day")
+		})
+	}
+}
+
+// An unreachable upstream is watched by a probe; the queue waits without
+// burning retries and is sent at once when the probe gets through.
+func TestProbeDrainsTheQueueWhenTheUpstreamIsBack(t *testing.T) {
+	_, up, clock, q := schedulerWith(t, "one", "two", "three")
+	up.mu.Lock()
+	up.probe = func() error { return temporary(upstream.StageConnect, 0, "connection refused") }
+	up.mu.Unlock()
+	up.set(func(string) error { return temporary(upstream.StageConnect, 0, "connection refused") })
+	up.attempts(t, 3) // the first attempt (one batch) finds the upstream down
+	up.none(t)
+	for i := 0; i < 3; i++ {
+		clock.advance(testPolicy.ProbeInterval)
+		up.none(t)
+	}
+	up.mu.Lock()
+	probes := up.probes
+	up.probe = func() error { return nil }
+	up.mu.Unlock()
+	if probes == 0 {
+		t.Fatal("no probe while the upstream was down")
+	}
+	up.set(func(string) error { return nil })
+	clock.advance(testPolicy.ProbeInterval)
+	up.attempts(t, 3)
+	waitFor(t, "the queue drained", func() bool { act, _ := q.Active(); return len(act) == 0 })
+}
