@@ -21,6 +21,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/app"
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/testenv"
 	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
@@ -288,10 +289,7 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), local_hostname="py.test") as s:
 	for name, argv := range clients {
 		t.Run(name, func(t *testing.T) {
 			if _, err := exec.LookPath(argv[0]); err != nil {
-				if os.Getenv("CI") != "" {
-					t.Fatalf("%s is required in CI: %v", argv[0], err)
-				}
-				t.Skipf("%s not installed", argv[0])
+				testenv.Skip(t, fmt.Sprintf("%s is not installed (.ci/run installs it): %v", argv[0], err))
 			}
 			out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
 			if err != nil {

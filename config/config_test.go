@@ -12,6 +12,8 @@ import (
 
 	"github.com/zalando/go-keyring"
 	"time"
+
+	"github.com/icloud-relay/icloud-relay/internal/testenv"
 )
 
 const minimal = `
@@ -223,7 +225,7 @@ func TestPasswordFromTheOSCredentialStore(t *testing.T) {
 // A path to something endless (here /dev/zero) is refused, not read for ever.
 func TestConfigFilesAreReadWithALimit(t *testing.T) {
 	if _, err := os.Stat("/dev/zero"); err != nil {
-		t.Skip("no /dev/zero here")
+		testenv.Skip(t, "no /dev/zero here")
 	}
 	for _, c := range []struct{ doc, want string }{
 		{"[upstream]\nusername = \"me@icloud.com\"\npassword_file = \"/dev/zero\"\n", "upstream.password_file: cannot read \"/dev/zero\": larger than"},

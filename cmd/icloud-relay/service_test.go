@@ -13,6 +13,8 @@ import (
 
 func TestServiceCommandsWithoutAServiceManager(t *testing.T) {
 	if p := service.Platform(); p == "linux-systemd" || p == "darwin-launchd" || p == "windows-service" {
+		// This test is about machines without one; a real manager is
+		// exercised by the platform tests (under Wine for Windows).
 		t.Skipf("this machine has a service manager (%s)", p)
 	}
 	s, err := upstreamtest.Start(upstreamtest.Options{})

@@ -15,6 +15,7 @@ import (
 
 	"github.com/creack/pty"
 
+	"github.com/icloud-relay/icloud-relay/internal/testenv"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
 
@@ -115,7 +116,7 @@ func TestSetupWizardInATerminal(t *testing.T) {
 	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_STATE_HOME="+filepath.Join(dir, "state"))
 	tty, err := pty.Start(cmd)
 	if err != nil {
-		t.Skipf("no pseudo-terminal: %v", err)
+		testenv.Skip(t, fmt.Sprintf("no pseudo-terminal: %v", err))
 	}
 	defer tty.Close()
 	screen := &ptyScreen{}

@@ -198,6 +198,15 @@ func TestLargeMessageStreams(t *testing.T) {
 	if m.Size != int64(len(big)) {
 		t.Fatalf("size %d", m.Size)
 	}
+	f, err := q.Body(m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("the stored data differs from what was sent (%d bytes read, %v)", len(got), err)
+	}
 }
 
 // A staged message is not a message until committed: a restart removes
