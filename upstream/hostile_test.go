@@ -144,17 +144,17 @@ func TestNothingSecretGoesOutBeforeTLS(t *testing.T) {
 	plain := base64.StdEncoding.EncodeToString([]byte("\x00" + hostileUser + "\x00" + hostilePass))
 	for _, tc := range []struct {
 		name      string
-		h         hostile587
+		h         *hostile587
 		delivered bool
 	}{
-		{"AUTH offered before STARTTLS", hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "STARTTLS", "SIZE 1000000"}}, true},
-		{"STARTTLS stripped", hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "SIZE 1000000"}}, false},
-		{"STARTTLS refused with 454", hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "STARTTLS"}, starttls: "454 4.7.0 TLS not available"}, false},
-		{"only TLS 1.1", hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "STARTTLS"}, tlsMax: tls.VersionTLS11}, false},
+		{"AUTH offered before STARTTLS", &hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "STARTTLS", "SIZE 1000000"}}, true},
+		{"STARTTLS stripped", &hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "SIZE 1000000"}}, false},
+		{"STARTTLS refused with 454", &hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "STARTTLS"}, starttls: "454 4.7.0 TLS not available"}, false},
+		{"only TLS 1.1", &hostile587{ehlo: []string{"hostile", "AUTH PLAIN LOGIN", "STARTTLS"}, tlsMax: tls.VersionTLS11}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := tc.h
-			startHostile(t, &h)
+			startHostile(t, h)
 			closed, _ := net.Listen("tcp", "127.0.0.1:0")
 			refusing := closed.Addr().(*net.TCPAddr).Port
 			closed.Close() // 465 refuses: no way around 587
