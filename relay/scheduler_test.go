@@ -65,8 +65,11 @@ func (c *fakeClock) advance(d time.Duration) {
 // fakeSender answers every attempt with answer(message subject) and
 // records what it was asked.
 type fakeSender struct {
-	mu      sync.Mutex
-	answer  func(subject string) error
+	mu     sync.Mutex
+	answer func(subject string) error
+	// between, when set, runs after a message's outcome was reported to its
+	// Done, before the next message's reply would be read.
+	between func(subject string)
 	probe   func() error
 	sent    []string // subjects, one per attempt
 	probes  int
@@ -91,6 +94,15 @@ func (f *fakeSender) SendBatch(_ context.Context, msgs []*upstream.Message) []up
 			out[i].Err = err
 		} else {
 			out[i].Result = &upstream.Result{Refused: map[string]*upstream.Error{}}
+		}
+		if m.Done != nil {
+			m.Done(out[i])
+		}
+		f.mu.Lock()
+		between := f.between
+		f.mu.Unlock()
+		if between != nil {
+			between(subject)
 		}
 		f.attempt <- subject
 	}
@@ -338,4 +350,42 @@ func TestProbeDrainsTheQueueWhenTheUpstreamIsBack(t *testing.T) {
 	clock.advance(testPolicy.ProbeInterval)
 	up.attempts(t, 3)
 	waitFor(t, "the queue drained", func() bool { act, _ := q.Active(); return len(act) == 0 })
+}
+
+// A delivered message leaves the queue as soon as its reply is read, while
+// the rest of its batch is still unanswered: a crash then sends again only
+// what the upstream had not yet answered.
+func TestADeliveredMessageLeavesTheQueueBeforeTheNextReply(t *testing.T) {
+	q, err := queue.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]string{}
+	for _, subject := range []string{"batch-0", "batch-1", "batch-2", "batch-3"} {
+		m := &queue.Message{From: "me@icloud.com", Rcpts: []queue.Recipient{{Addr: "a@example.com", Status: queue.Pending}}}
+		if err := q.Enqueue(m, strings.NewReader("Subject: "+subject+"\r\n\r\nx\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		ids[subject] = m.ID
+	}
+	up := newFakeSender()
+	var kept []string
+	up.between = func(subject string) {
+		if _, err := q.Get(ids[subject]); err == nil {
+			kept = append(kept, subject)
+		}
+	}
+	pol := testPolicy
+	pol.Workers, pol.Clock = 1, &fakeClock{now: time.Now()}
+	s := NewScheduler(q, up, pol, zerolog.Nop())
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := s.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); s.Wait() }()
+	up.attempts(t, 4)
+	waitFor(t, "the queue empty", func() bool { act, _ := q.Active(); return len(act) == 0 })
+	if len(kept) > 0 {
+		t.Fatalf("still queued after their replies were read: %v", kept)
+	}
 }
