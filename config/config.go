@@ -221,21 +221,29 @@ func (e *KeyError) Error() string {
 	return b.String()
 }
 
-// Load reads, decodes and validates the file at path.
-func Load(path string) (*Config, error) {
+// Load reads, decodes and validates the file at path, the upstream
+// password included (read from its file, variable or keyring).
+func Load(path string) (*Config, error) { return load(path, true) }
+
+// LoadLocal is Load for the tools that only talk to the local relay or its
+// queue (sendmail, queue, status): every key is checked, but the upstream
+// password is not read from where it is kept, which their caller (PHP's
+// www-data, a user's cron) may rightly be unable to read. Upstream.Password
+// stays empty unless the config file holds it inline.
+func LoadLocal(path string) (*Config, error) { return load(path, false) }
+
+func load(path string, secret bool) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, &KeyError{File: path, Msg: fmt.Sprintf("cannot read config: %v", errors.Unwrap(err))}
 	}
-	cfg, err := Parse(data, path)
-	if err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return parse(data, path, secret)
 }
 
 // Parse decodes and validates a config document; file names it in errors.
-func Parse(data []byte, file string) (*Config, error) {
+func Parse(data []byte, file string) (*Config, error) { return parse(data, file, true) }
+
+func parse(data []byte, file string, secret bool) (*Config, error) {
 	cfg := Default()
 	cfg.Path = file
 	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
@@ -243,7 +251,7 @@ func Parse(data []byte, file string) (*Config, error) {
 		return nil, decodeError(err, file)
 	}
 	lines := keyLines(data)
-	if err := cfg.validate(file, lines); err != nil {
+	if err := cfg.validate(file, lines, secret); err != nil {
 		return nil, err
 	}
 	cfg.lines = lines
@@ -317,7 +325,7 @@ func keyParts(it unstable.Iterator) []string {
 	return parts
 }
 
-func (c *Config) validate(file string, lines map[string]int) error {
+func (c *Config) validate(file string, lines map[string]int, secret bool) error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, &KeyError{File: file, Line: lines[key], Key: key, Msg: fmt.Sprintf(format, args...)})
@@ -391,7 +399,7 @@ func (c *Config) validate(file string, lines map[string]int) error {
 	} else if !strings.Contains(c.Upstream.Username, "@") {
 		bad("upstream.username", "%q is not a full address: iCloud wants the whole address, e.g. \"%s@icloud.com\"", c.Upstream.Username, c.Upstream.Username)
 	}
-	if ke := c.resolvePassword(); ke != nil {
+	if ke := c.resolvePassword(secret); ke != nil {
 		bad(ke.Key, "%s", ke.Msg)
 	}
 	if c.Upstream.CAFile != "" {
@@ -480,7 +488,6 @@ func (c *Config) validate(file string, lines map[string]int) error {
 // Service on Linux), with the iCloud address as the account.
 const KeyringService = "icloud-relay"
 
-// resolvePassword fills Upstream.Password from exactly one of its sources.
 // readLimited reads a file the config names, refusing one larger than
 // limit: a wrong path such as /dev/zero must not make the relay read for
 // ever. Errors leave out the path, which the caller names.
@@ -503,7 +510,9 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-func (c *Config) resolvePassword() *KeyError {
+// resolvePassword checks that exactly one source of the upstream password
+// is set and, with read, fills Upstream.Password from it.
+func (c *Config) resolvePassword(read bool) *KeyError {
 	u := &c.Upstream
 	n := 0
 	for _, set := range []bool{u.Password != "", u.PasswordEnv != "", u.PasswordFile != "", u.PasswordKeyring} {
@@ -516,6 +525,8 @@ func (c *Config) resolvePassword() *KeyError {
 		return &KeyError{Key: "upstream.password", Msg: "is required: set password, password_env, password_file or password_keyring to an app-specific password (appleid.apple.com → Sign-In and Security → App-Specific Passwords)"}
 	case n > 1:
 		return &KeyError{Key: "upstream.password", Msg: "set only one of password, password_env, password_file and password_keyring"}
+	case !read:
+		return nil
 	case u.PasswordKeyring:
 		v, err := keyring.Get(KeyringService, u.Username)
 		if err != nil {

@@ -236,3 +236,33 @@ func TestConfigFilesAreReadWithALimit(t *testing.T) {
 		}
 	}
 }
+
+// The local tools (sendmail, queue, status) load the config without the
+// upstream password's source: a caller that cannot read the password file,
+// or lacks the variable, still gets a working config; every other key is
+// checked as ever.
+func TestLoadLocalNeedsNoSecret(t *testing.T) {
+	dir := t.TempDir()
+	for _, source := range []string{
+		"password_file = \"" + filepath.Join(dir, "no-such-file") + "\"\n",
+		"password_env = \"ICLOUD_RELAY_TEST_UNSET_VARIABLE\"\n",
+	} {
+		path := filepath.Join(dir, "c.toml")
+		os.WriteFile(path, []byte("[upstream]\nusername = \"me@icloud.com\"\n"+source), 0o644)
+		if _, err := Load(path); err == nil {
+			t.Fatalf("Load read a password that is not there (%s)", source)
+		}
+		cfg, err := LoadLocal(path)
+		if err != nil {
+			t.Fatalf("LoadLocal with %s: %v", source, err)
+		}
+		if cfg.Upstream.Password != "" {
+			t.Fatal("LoadLocal filled in a password")
+		}
+	}
+	path := filepath.Join(dir, "bad.toml")
+	os.WriteFile(path, []byte("[upstream]\nusername = \"me@icloud.com\"\npassword_env = \"X\"\n[listen]\naddr = \"nonsense\"\n"), 0o644)
+	if _, err := LoadLocal(path); err == nil || !strings.Contains(err.Error(), "listen.addr") {
+		t.Fatalf("LoadLocal let a bad key through: %v", err)
+	}
+}

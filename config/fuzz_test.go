@@ -14,7 +14,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if err := cfg.validate("fuzz.toml", nil); err != nil {
+		if err := cfg.validate("fuzz.toml", nil, true); err != nil {
 			t.Fatalf("accepted config fails validation: %v", err)
 		}
 	})

@@ -109,7 +109,15 @@ func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", "", "config file (default "+config.DefaultConfigPath()+")")
 }
 
-func loadConfig(path string) (*config.Config, bool) {
+// loadConfig loads the config a command names (or the default one),
+// reporting problems on stderr.
+func loadConfig(path string) (*config.Config, bool) { return loadWith(config.Load, path) }
+
+// loadLocalConfig is loadConfig for the tools that need no upstream secret
+// (see config.LoadLocal).
+func loadLocalConfig(path string) (*config.Config, bool) { return loadWith(config.LoadLocal, path) }
+
+func loadWith(load func(string) (*config.Config, error), path string) (*config.Config, bool) {
 	if path == "" {
 		path = config.DefaultConfigPath()
 		if _, err := os.Stat(path); err != nil {
@@ -117,7 +125,7 @@ func loadConfig(path string) (*config.Config, bool) {
 			return nil, false
 		}
 	}
-	cfg, err := config.Load(path)
+	cfg, err := load(path)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay: config error:\n%v\n", err)
 		return nil, false
@@ -298,7 +306,7 @@ func sendmailCmd(args []string) int {
 	if opts.Config == "" {
 		opts.Config = os.Getenv("ICLOUD_RELAY_CONFIG")
 	}
-	cfg, ok := loadConfig(opts.Config)
+	cfg, ok := loadLocalConfig(opts.Config)
 	if !ok {
 		return sendmail.ExitTempFail // the message must not be lost: the caller keeps it
 	}

@@ -68,7 +68,7 @@ func queueCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "icloud-relay queue %s: %s\n", sub, map[bool]string{true: "needs exactly one message ID", false: "takes no message ID"}[needID])
 		return exitUsage
 	}
-	cfg, ok := loadConfig(*cfgPath)
+	cfg, ok := loadLocalConfig(*cfgPath)
 	if !ok {
 		return exitUsage
 	}

@@ -89,7 +89,7 @@ func statusCmd(def service.Definition) int {
 		}
 	}
 	fmt.Printf("service: %s\n", st)
-	if cfg, err := config.Load(def.ConfigPath); err == nil {
+	if cfg, err := config.LoadLocal(def.ConfigPath); err == nil {
 		if q, err := queue.Open(cfg.Queue.Dir); err == nil {
 			active, _ := q.Active()
 			failed, _ := q.Failed()

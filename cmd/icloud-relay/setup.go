@@ -213,10 +213,13 @@ func readPassword(fromStdin, tty bool, in *bufio.Reader) (string, error) {
 	}
 }
 
-// writeSetupConfig writes the config and a password file beside it, both
-// owner-only, and returns the config as the relay will read it.
+// writeSetupConfig writes the config and a password file beside it, and
+// returns the config as the relay will read it. The config holds no secret
+// and is readable by every local user (as Postfix's main.cf is), so that
+// sendmail works for PHP, cron and scripts whoever runs them; the password
+// file is owner-only.
 func writeSetupConfig(path, addr, password string, aliasList []string, user bool, up upstreamFlags, inKeyring bool) (*config.Config, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
 	source := "password_keyring = true"
@@ -256,9 +259,9 @@ func writeSetupConfig(path, addr, password string, aliasList []string, user bool
 		b.WriteString("]\n\n")
 	}
 	fmt.Fprintf(&b, "[queue]\ndir = %q\n", paths.Queue)
-	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return nil, err
 	}
-	os.Chmod(path, 0o600)
+	os.Chmod(path, 0o644) // an existing file keeps its mode on WriteFile
 	return config.Load(path)
 }

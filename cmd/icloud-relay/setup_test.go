@@ -26,10 +26,12 @@ func setupArgs(s *upstreamtest.Server, cfg, ca string) []string {
 
 func checkWritten(t *testing.T, cfg, password string) {
 	t.Helper()
-	for _, f := range []string{cfg, filepath.Join(filepath.Dir(cfg), "password")} {
+	// The config holds no secret: readable by all local users (sendmail as
+	// www-data); the password file is the owner's alone.
+	for f, want := range map[string]os.FileMode{cfg: 0o644, filepath.Join(filepath.Dir(cfg), "password"): 0o600} {
 		st, err := os.Stat(f)
-		if err != nil || st.Mode().Perm() != 0o600 {
-			t.Fatalf("%s: %v, mode %v (want 0600)", f, err, st.Mode())
+		if err != nil || st.Mode().Perm() != want {
+			t.Fatalf("%s: %v, mode %v (want %v)", f, err, st.Mode(), want)
 		}
 	}
 	b, _ := os.ReadFile(cfg)
