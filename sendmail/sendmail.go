@@ -23,8 +23,17 @@ const (
 	ExitTempFail    = 75 // EX_TEMPFAIL
 )
 
+// Modes of the sendmail command line (-b…, -q).
+const (
+	ModeMessage = ""  // -bm, the default: a message on standard input
+	ModeSMTP    = "s" // -bs: SMTP on standard input and output
+	ModeList    = "p" // -bp, or linked as mailq: list the queue
+	ModeRun     = "q" // -q: deliver the queue now
+)
+
 // Options are the sendmail flags that matter here.
 type Options struct {
+	Mode        string // one of the modes above
 	FromHeaders bool   // -t: recipients from To, Cc and Bcc
 	IgnoreDots  bool   // -i, -oi: a lone "." does not end the message
 	Sender      string // -f, -r: envelope sender
@@ -81,15 +90,22 @@ func ParseArgs(args []string) (Options, error) {
 			o.Sender = strings.Trim(a[2:], "<>")
 		case strings.HasPrefix(a, "-F"):
 			o.FullName = a[2:]
+		case a == "-bs":
+			o.Mode = ModeSMTP
+		case a == "-bp":
+			o.Mode = ModeList
+		case strings.HasPrefix(a, "-q"):
+			o.Mode = ModeRun // -q, -q15m: an interval means nothing here
 		case strings.HasPrefix(a, "-o"), strings.HasPrefix(a, "-A"), a == "-v", a == "-U", a == "-m", a == "-em", a == "-bm", a == "-n", a == "-G":
-			// Delivery-mode and similar options: meaningless for a relay.
+			// Delivery-mode (-odi, -odb …) and similar options: meaningless
+			// for a relay, accepted as sendmail does.
 		case len(a) == 2 && a[0] == '-' && ignoredWithArg[a[1]]:
 			if _, err := next(); err != nil {
 				return o, err
 			}
 		case len(a) > 2 && a[0] == '-' && ignoredWithArg[a[1]]:
 		case strings.HasPrefix(a, "-b"):
-			return o, fmt.Errorf("mode %s is not supported (only reading a message from standard input is)", a)
+			return o, fmt.Errorf("mode %s is not supported (-bm, -bs and -bp are)", a)
 		case strings.HasPrefix(a, "-") && len(a) > 1:
 			return o, fmt.Errorf("unknown option %s", a)
 		default:

@@ -19,7 +19,11 @@ func TestParseArgs(t *testing.T) {
 		{[]string{"-F", "Cron Daemon", "-r", "<me@icloud.com>", "--", "-odd@x.org"}, Options{Sender: "me@icloud.com", FullName: "Cron Daemon", Rcpts: []string{"-odd@x.org"}}, ""},
 		{[]string{"-oem", "-odi", "-v", "-N", "never", "-Am", "a@x.org"}, Options{Rcpts: []string{"a@x.org"}}, ""},
 		{[]string{"--config", "/etc/r.toml", "a@x.org"}, Options{Config: "/etc/r.toml", Rcpts: []string{"a@x.org"}}, ""},
-		{[]string{"-bs"}, Options{}, "not supported"},
+		{[]string{"-bv"}, Options{}, "not supported"},
+		{[]string{"-bs"}, Options{Mode: ModeSMTP}, ""},
+		{[]string{"-bp"}, Options{Mode: ModeList}, ""},
+		{[]string{"-q15m"}, Options{Mode: ModeRun}, ""},
+		{[]string{"-bm", "-odb", "-oQ/var/x", "a@x.org"}, Options{Rcpts: []string{"a@x.org"}}, ""},
 		{[]string{"-Z"}, Options{}, "unknown option -Z"},
 		{[]string{"-f"}, Options{}, "needs a value"},
 	}

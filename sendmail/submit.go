@@ -70,13 +70,7 @@ func Submit(cfg *config.Config, m *Message) (*Result, error) {
 var errNotStarted = errors.New("cannot reach the relay")
 
 func viaSMTP(cfg *config.Config, m *Message) (string, error) {
-	addr := cfg.Listen.Addr
-	if host, port, err := net.SplitHostPort(addr); err == nil {
-		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-			addr = net.JoinHostPort("127.0.0.1", port)
-		}
-	}
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	conn, err := net.DialTimeout("tcp", listenAddr(cfg), 5*time.Second)
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", errNotStarted, err)
 	}

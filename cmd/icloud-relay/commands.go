@@ -283,9 +283,14 @@ func versionCmd(args []string) int {
 }
 
 const sendmailUsage = `Usage: sendmail [-t] [-i|-oi] [-f FROM] [-F NAME] [--config FILE] [RCPT...]
+       sendmail -bs    (SMTP on standard input and output)
+       sendmail -bp    (list the queue; also when linked as mailq)
+       sendmail -q     (deliver the queue now)
 
 Reads a message on standard input and submits it to the running relay; when
 the relay is not running, queues it for the relay to send when it starts.
+  -bs       speak SMTP on standard input and output (Symfony, Laravel) with
+            the running relay
   -t        take recipients from the To, Cc and Bcc headers (Bcc is removed)
   -i, -oi   a line with a single "." does not end the message
   -f FROM   envelope sender (default: sender.address from the config)
@@ -306,9 +311,26 @@ func sendmailCmd(args []string) int {
 	if opts.Config == "" {
 		opts.Config = os.Getenv("ICLOUD_RELAY_CONFIG")
 	}
+	switch opts.Mode {
+	case sendmail.ModeList:
+		return queueCmd(configArgs([]string{"list"}, opts.Config))
+	case sendmail.ModeRun:
+		return queueCmd(configArgs([]string{"retry", "--all"}, opts.Config))
+	}
 	cfg, ok := loadLocalConfig(opts.Config)
 	if !ok {
 		return sendmail.ExitTempFail // the message must not be lost: the caller keeps it
+	}
+	if opts.Mode == sendmail.ModeSMTP {
+		if err := sendmail.Session(cfg, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "sendmail: %v\n", err)
+			var se *sendmail.Error
+			if errors.As(err, &se) {
+				return se.Exit
+			}
+			return sendmail.ExitTempFail
+		}
+		return exitOK
 	}
 	msg, err := sendmail.Prepare(opts, os.Stdin, cfg.Sender.Address)
 	if err != nil {
@@ -328,4 +350,12 @@ func sendmailCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "sendmail: the relay is not running; the message is queued as %s and will be sent when it starts\n", res.QueuedOffline)
 	}
 	return exitOK
+}
+
+// configArgs adds --config to a command's arguments when one is named.
+func configArgs(args []string, cfg string) []string {
+	if cfg != "" {
+		return append(args, "--config", cfg)
+	}
+	return args
 }

@@ -8,9 +8,13 @@ import (
 )
 
 func main() {
-	// Linked or copied as "sendmail", it behaves as sendmail.
-	if name := strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe"); name == "sendmail" {
+	// Linked or copied as "sendmail", it behaves as sendmail; as "mailq", it
+	// lists the queue as sendmail -bp does.
+	switch strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe") {
+	case "sendmail":
 		os.Exit(sendmailCmd(os.Args[1:]))
+	case "mailq":
+		os.Exit(sendmailCmd(append([]string{"-bp"}, os.Args[1:]...)))
 	}
 	os.Exit(dispatch(os.Args[1:]))
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"mime/quotedprintable"
 	"net/mail"
@@ -127,5 +128,111 @@ func TestSendmailDeliversALongLineIntact(t *testing.T) {
 	body, err := io.ReadAll(quotedprintable.NewReader(m.Body))
 	if err != nil || string(body) != line+"\r\nend\r\n" {
 		t.Fatalf("the text changed: %q, %v", body, err)
+	}
+}
+
+// symfonyBS drives "sendmail -bs" the way Symfony Mailer's (and Laravel's)
+// sendmail transport does: SMTP over the subprocess's pipes, line by line,
+// each reply read before the next command.
+const symfonyBS = `
+import subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def reply(want):
+    while True:
+        line = p.stdout.readline().decode()
+        if not line.startswith(want):
+            sys.exit("expected %s, got %r" % (want, line))
+        if line[3:4] != "-":
+            return line
+def cmd(c, want):
+    p.stdin.write((c + "\r\n").encode()); p.stdin.flush()
+    return reply(want)
+reply("220")
+cmd("EHLO [127.0.0.1]", "250")
+cmd("MAIL FROM:<demo@icloud.com>", "250")
+cmd("RCPT TO:<friend@example.com>", "250")
+cmd("DATA", "354")
+body = "From: demo@icloud.com\r\nTo: friend@example.com\r\nSubject: symfony -bs\r\n\r\n.a dot line\r\nbye\r\n"
+p.stdin.write(("".join("." + l if l.startswith(".") else l for l in body.splitlines(True)) + ".\r\n").encode()); p.stdin.flush()
+print(reply("250").strip())
+cmd("QUIT", "221")
+p.stdin.close()
+sys.exit(p.wait())
+`
+
+func TestSendmailBSAsSymfonyDrivesIt(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		testenv.Skip(t, "python3 drives sendmail -bs as Symfony does")
+	}
+	for _, users := range []bool{false, true} {
+		t.Run(fmt.Sprintf("listen.users=%v", users), func(t *testing.T) {
+			s, err := upstreamtest.Start(upstreamtest.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			dir := t.TempDir()
+			cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "")
+			if users {
+				// A relay that wants a login: -bs logs in for the caller.
+				text, _ := os.ReadFile(cfg)
+				os.WriteFile(cfg, append(text, []byte("\n[[listen.users]]\nusername = \"app\"\npassword = \"app-pass-123\"\n")...), 0o600)
+			}
+			p := startProc(t, "run", "--config", cfg)
+			p.waitLog(t, "listening for local mail clients")
+			out, err := exec.Command(python, "-c", symfonyBS, binary, "sendmail", "-bs", "--config", cfg).CombinedOutput()
+			if err != nil {
+				t.Fatalf("sendmail -bs: %v\n%s", err, out)
+			}
+			got := s.WaitMessages(1, 20*time.Second)
+			if len(got) != 1 || got[0].Subject() != "symfony -bs" || !strings.Contains(string(got[0].Data), "\r\n.a dot line\r\n") {
+				t.Fatalf("delivered: %+v", got)
+			}
+		})
+	}
+}
+
+// With the relay stopped, -bs answers 421 and exits 75: the framework keeps
+// the message and tries again.
+func TestSendmailBSWithoutARelay(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfg := writeConfigAt(t, s, t.TempDir(), s.Password(), freeAddr(t), "")
+	cmd := exec.Command(binary, "sendmail", "-bs", "--config", cfg)
+	cmd.Stdin = strings.NewReader("EHLO x\r\n")
+	out, _ := cmd.Output()
+	if code := cmd.ProcessState.ExitCode(); code != 75 || !strings.HasPrefix(string(out), "421 ") {
+		t.Fatalf("exit %d, output %q", code, out)
+	}
+}
+
+// Linked as mailq (or -bp), the binary lists the queue.
+func TestMailqListsTheQueue(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "")
+	// Queued offline (no relay running): one message waits.
+	run := exec.Command(binary, "sendmail", "--config", cfg, "friend@example.com")
+	run.Stdin = strings.NewReader("Subject: waiting\n\nx\n")
+	if out, err := run.CombinedOutput(); err != nil {
+		t.Fatalf("sendmail: %v\n%s", err, out)
+	}
+	mailq := filepath.Join(dir, "mailq")
+	if err := os.Symlink(binary, mailq); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(mailq)
+	cmd.Env = append(os.Environ(), "ICLOUD_RELAY_CONFIG="+cfg)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "friend@example.com") {
+		t.Fatalf("mailq: %v\n%s", err, out)
 	}
 }
