@@ -66,15 +66,15 @@ func New(cfg *config.Config, log zerolog.Logger, red *redact.Redactor) (*App, er
 		pol.NoticeTo = cfg.Sender.Address
 	}
 	pol.Redactor = red
+	in := relay.NewIntake(q, IntakeConfig(cfg), log)
+	pol.Intake = in
 	a.sched = relay.NewScheduler(q, a.up, pol, log)
 
 	l := cfg.Listen
 	lc := relay.ListenConfig{
 		Addrs: listenAddrs(l.Addr), Allow: l.AllowNets, Users: map[string]string{},
-		Hostname: l.Hostname, MaxMessageSize: int64(l.MaxMessageSize), MaxRecipients: l.MaxRecipients,
+		Hostname: l.Hostname, MaxRecipients: l.MaxRecipients,
 		Timeout: l.Timeout.D(), MaxConnections: l.MaxConnections, MaxConnectionsPerClient: l.MaxConnectionsPerClient, SyncWindow: d.SyncWindow.D(), UpstreamLimit: a.up.MaxSize,
-		Sender:         relay.SenderPolicy{Address: cfg.Sender.Address, Aliases: cfg.Sender.Aliases, Mode: cfg.Sender.Rewrite},
-		ReceivedHeader: l.ReceivedHeader,
 	}
 	if l.TLSAddr != "" {
 		lc.TLSAddrs = []string{l.TLSAddr}
@@ -89,8 +89,17 @@ func New(cfg *config.Config, log zerolog.Logger, red *redact.Redactor) (*App, er
 		}
 		lc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	a.srv = relay.NewServer(lc, q, a.sched, log)
+	a.srv = relay.NewServer(lc, in, a.sched, log)
 	return a, nil
+}
+
+// IntakeConfig is the intake's rules as cfg sets them: the same for every
+// door into the queue (the listener, sendmail, failure notices).
+func IntakeConfig(cfg *config.Config) relay.IntakeConfig {
+	return relay.IntakeConfig{
+		Hostname: cfg.Listen.Hostname, MaxMessageSize: int64(cfg.Listen.MaxMessageSize), ReceivedHeader: cfg.Listen.ReceivedHeader,
+		Sender: relay.SenderPolicy{Address: cfg.Sender.Address, Aliases: cfg.Sender.Aliases, Mode: cfg.Sender.Rewrite},
+	}
 }
 
 // Upstream returns the upstream client cfg describes; trace may be nil.

@@ -97,9 +97,9 @@ func fuzzRelay(t testing.TB, dir string) string {
 		sched := NewScheduler(q, nopSender{}, Policy{Workers: 1, RetryMin: time.Second, RetryMax: time.Second, MaxAge: time.Hour,
 			ProbeInterval: time.Second, AuthPause: time.Second}, zerolog.Nop())
 		sched.Start(context.Background())
-		srv := NewServer(ListenConfig{Addrs: []string{"127.0.0.1:0"}, Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Hostname: "fuzz", MaxMessageSize: 64 << 10,
-			MaxRecipients: 5, Timeout: 300 * time.Millisecond, Users: map[string]string{},
-			Sender: SenderPolicy{Address: "me@icloud.com", Mode: RewriteHeader}}, q, sched, zerolog.Nop())
+		in := NewIntake(q, IntakeConfig{Hostname: "fuzz", MaxMessageSize: 64 << 10, Sender: SenderPolicy{Address: "me@icloud.com", Mode: RewriteHeader}}, zerolog.Nop())
+		srv := NewServer(ListenConfig{Addrs: []string{"127.0.0.1:0"}, Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, Hostname: "fuzz",
+			MaxRecipients: 5, Timeout: 300 * time.Millisecond, Users: map[string]string{}}, in, sched, zerolog.Nop())
 		if err := srv.Listen(); err != nil {
 			t.Fatal(err)
 		}

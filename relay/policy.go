@@ -23,6 +23,8 @@ type Policy struct {
 	Redactor *redact.Redactor
 	// Clock is the scheduler's time; nil means the system's.
 	Clock Clock
+	// Intake takes the failure notices the scheduler writes (with NoticeTo).
+	Intake *Intake
 }
 
 // Backoff is the delay before retry number attempt (1 for the first retry):

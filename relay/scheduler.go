@@ -705,7 +705,7 @@ func (s *Scheduler) moveToFailed(it *item, log zerolog.Logger, final queue.Outco
 // address, sent from that address: iCloud refuses the null sender of
 // classic bounces. A notice about a notice is never sent.
 func (s *Scheduler) reportFailure(m *queue.Message, log zerolog.Logger) {
-	if s.pol.NoticeTo == "" || m.Notice {
+	if s.pol.NoticeTo == "" || s.pol.Intake == nil || m.Notice {
 		return
 	}
 	headers, _ := s.q.Headers(m.ID)
@@ -728,8 +728,14 @@ func (s *Scheduler) reportFailure(m *queue.Message, log zerolog.Logger) {
 		fmt.Fprintf(&b, "\r\nWhat to do: %s\r\n", f.Remedy)
 	}
 	fmt.Fprintf(&b, "\r\nThe message is kept in the failed area: icloud-relay queue show %s\r\n", m.ID)
-	n := &queue.Message{From: s.pol.NoticeTo, Notice: true, Rcpts: []queue.Recipient{{Addr: s.pol.NoticeTo, Status: queue.Pending}}}
-	if err := s.q.Enqueue(n, strings.NewReader(b.String())); err != nil {
+	// Through the intake, as any message: Received, Message-ID and the
+	// sender policy apply to the relay's own mail too.
+	n, st, err := s.pol.Intake.Stage(Envelope{From: s.pol.NoticeTo, Rcpts: []string{s.pol.NoticeTo},
+		Helo: "localhost", Client: "127.0.0.1", Notice: true}, strings.NewReader(b.String()))
+	if err == nil {
+		err = s.q.Commit(st, n)
+	}
+	if err != nil {
 		log.Error().Err(err).Str("stage", "queue").Msg("cannot queue the failure notice")
 		return
 	}

@@ -33,8 +33,7 @@ type ListenConfig struct {
 	Allow          []netip.Prefix
 	Users          map[string]string // local SMTP logins; empty: any login is accepted
 	TLS            *tls.Config       // offered through STARTTLS when set
-	Hostname       string
-	MaxMessageSize int64
+	Hostname       string            // in the greeting
 	MaxRecipients  int
 	Timeout        time.Duration
 	MaxConnections int // concurrent client connections; 0: no limit
@@ -42,8 +41,6 @@ type ListenConfig struct {
 	// concurrent connections; 0: no limit.
 	MaxConnectionsPerClient int
 	SyncWindow              time.Duration
-	Sender                  SenderPolicy
-	ReceivedHeader          bool     // add a Received trace header
 	TLSAddrs                []string // implicit-TLS listeners, for clients that only speak that
 	// UpstreamLimit, if set, returns the upstream's advertised size limit
 	// (0 while unknown), so a client announcing a larger SIZE is refused
@@ -54,7 +51,7 @@ type ListenConfig struct {
 // Server is the local SMTP listener.
 type Server struct {
 	cfg   ListenConfig
-	q     *queue.Queue
+	in    *Intake
 	sched *Scheduler
 	log   zerolog.Logger
 	smtp  *smtp.Server
@@ -67,24 +64,18 @@ type Server struct {
 	connCount int
 	perClient map[netip.Prefix]int
 	refusals  refusalLogs
-	intake    sync.Pool // *intakeBuffers
 }
 
-// NewServer returns a listener that queues into q and hands to sched.
-func NewServer(cfg ListenConfig, q *queue.Queue, sched *Scheduler, log zerolog.Logger) *Server {
-	// Keep room for the headers the relay adds, so that what it accepts is
-	// never too large upstream (tiny test limits are taken as they are).
-	if cfg.MaxMessageSize > 4*headerReserve {
-		cfg.MaxMessageSize -= headerReserve
-	}
-	s := &Server{cfg: cfg, q: q, sched: sched, log: log, sessions: map[*session]struct{}{}, logins: newLoginLimits(),
+// NewServer returns a listener that takes messages through in and hands
+// them to sched.
+func NewServer(cfg ListenConfig, in *Intake, sched *Scheduler, log zerolog.Logger) *Server {
+	s := &Server{cfg: cfg, in: in, sched: sched, log: log, sessions: map[*session]struct{}{}, logins: newLoginLimits(),
 		perClient: map[netip.Prefix]int{}, refusals: newRefusalLogs(log, refusalInterval)}
-	s.intake.New = func() any { return newIntakeBuffers() }
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = cfg.TLS
 	// go-smtp refuses a message of exactly MaxMessageBytes bytes.
-	srv.MaxMessageBytes = cfg.MaxMessageSize + 1
+	srv.MaxMessageBytes = in.Limit() + 1
 	srv.EnableSMTPUTF8 = true
 	srv.MaxRecipients = cfg.MaxRecipients
 	// Read deadlines and line lengths are the connection guard's (conn.go):
@@ -233,7 +224,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 				Message: fmt.Sprintf("Message too large: iCloud accepts up to %d bytes", limit)}
 		}
 	}
-	upFrom, refusal := ss.srv.cfg.Sender.envelopeSender(from)
+	upFrom, refusal := ss.srv.in.Sender(from)
 	if refusal != nil {
 		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("from", from).Int("smtp_code", refusal.Code).
 			Str("remedy", "Send from the iCloud address or an alias, list the address in sender.aliases, or set sender.rewrite.").
@@ -269,54 +260,17 @@ func (ss *session) Data(r io.Reader) error {
 
 func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	s := ss.srv
-	m := &queue.Message{ID: queue.NewID(time.Now()), From: ss.from, UTF8: ss.utf8}
-	for _, to := range ss.rcpts {
-		m.Rcpts = append(m.Rcpts, queue.Recipient{Addr: to, Status: queue.Pending})
-	}
 	host, _, _ := net.SplitHostPort(ss.remote)
-	cr := &clientReader{r: r}
-	bufs := s.intake.Get().(*intakeBuffers)
-	fixed, ed, err := fixMessage(bufs, cr, intake{id: m.ID, helo: ss.helo, client: host, by: s.cfg.Hostname,
-		received: s.cfg.ReceivedHeader, policy: s.cfg.Sender, now: time.Now()})
+	m, st, err := s.in.Stage(Envelope{From: ss.origFrom, Rcpts: ss.rcpts, UTF8: ss.utf8, Helo: ss.helo, Client: host}, r)
 	// With a sync window the client waits for the first attempt, and the
 	// message stays staged: committed to disk only when the upstream does
 	// not take it at once (see queue.Stage).
-	var st *queue.Staged
-	if err == nil {
-		st, err = s.q.Stage(m, fixed)
-	}
-	longest := bufs.crlf.longestLine()
-	bufs.in.Reset(nil) // hold no reference to this client while pooled
-	s.intake.Put(bufs)
-	if err == nil && longest > maxLineLength {
-		if err = s.q.Rewrite(st, m, reencodeLongLines); err != nil {
-			s.q.Discard(st)
-		} else if m.Size > s.cfg.MaxMessageSize+headerReserve {
-			s.q.Discard(st)
-			err = &lineGrowthError{size: m.Size}
-		}
-	}
-	if err == nil {
-		m.EightBit = cr.eightBit // known once the data is read
-		if s.cfg.SyncWindow <= 0 {
-			err, st = s.q.Commit(st, m), nil
-		}
+	if err == nil && s.cfg.SyncWindow <= 0 {
+		err, st = s.in.q.Commit(st, m), nil
 	}
 	if err != nil {
 		return ss.intakeFailed(err), true
 	}
-	log := s.log.With().Str("queue_id", m.ID).Logger()
-	log.Info().Str("client", ss.remote).Str("from", m.From).Int("rcpts", len(m.Rcpts)).Int64("size", m.Size).Msg("message accepted")
-	if ss.origFrom != m.From {
-		log.Info().Str("from", ss.origFrom).Str("rewritten_to", m.From).Msg("envelope sender rewritten (sender.rewrite)")
-	}
-	if ed.fromRewritten != "" {
-		log.Info().Str("from", ed.fromRewritten).Str("rewritten_to", s.cfg.Sender.Address).Msg("From header rewritten (sender.rewrite = header); the original is in Reply-To unless one was set")
-	}
-	if ed.signedKept {
-		log.Warn().Str("stage", "accept").Str("remedy", "The message is DKIM-signed, so its From was left alone; iCloud may refuse it. Send from your iCloud address.").Msg("From header not rewritten: signed message")
-	}
-
 	ch := s.sched.Submit(m, st)
 	if ch != nil {
 		t := time.NewTimer(s.cfg.SyncWindow)
@@ -357,22 +311,24 @@ func (ss *session) intakeFailed(err error) *smtp.SMTPError {
 	var se *smtp.SMTPError
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge):
-		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.cfg.MaxMessageSize).
+		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.in.Limit()).
 			Str("remedy", "Send a smaller message (attachments of a few MB at most), or raise listen.max_message_size up to iCloud's limit of about 20 MB.").
 			Msg("message refused: too large")
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-			Message: fmt.Sprintf("Message too large: this relay accepts up to %d bytes (iCloud's limit is about 20 MB)", s.cfg.MaxMessageSize)}
+			Message: fmt.Sprintf("Message too large: this relay accepts up to %d bytes (iCloud's limit is about 20 MB)", s.in.Limit())}
 	case errors.As(err, &le):
 		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("line", le.Line).Int64("line_length", le.Length).
 			Str("remedy", "Have the program send lines of at most 998 characters (or send the content as an attachment).").
 			Msg("message refused: a line too long to deliver")
 		return le.SMTPReply()
 	case errors.As(err, &ge):
-		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("size", ge.size).Int64("limit", s.cfg.MaxMessageSize).
+		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("size", ge.size).Int64("limit", s.in.Limit()).
 			Str("remedy", "Send a smaller message, or one with lines of at most 998 characters.").
 			Msg("message refused: too large once its long lines are re-encoded")
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
-			Message: fmt.Sprintf("Message too large: re-encoding its long lines makes it %d bytes, over this relay's limit of %d", ge.size, s.cfg.MaxMessageSize)}
+			Message: fmt.Sprintf("Message too large: re-encoding its long lines makes it %d bytes, over this relay's limit of %d", ge.size, s.in.Limit())}
+	case !errors.As(err, &ce) && errors.As(err, &se):
+		return se // the sender policy's refusal
 	case errors.As(err, &ce) && errors.As(err, &se):
 		// The guard's own reply: the client stalled mid-message.
 		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("timeout_ms", s.cfg.Timeout.Milliseconds()).
@@ -387,13 +343,6 @@ func (ss *session) intakeFailed(err error) *smtp.SMTPError {
 		Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
 		Msg("cannot store an incoming message; the client was told to retry")
 	return storeFailed(err)
-}
-
-// lineGrowthError: re-encoding long lines made a message too large.
-type lineGrowthError struct{ size int64 }
-
-func (e *lineGrowthError) Error() string {
-	return fmt.Sprintf("re-encoded message is %d bytes, too large", e.size)
 }
 
 // outcomeReply is the reply for a first attempt's outcome, or nil when the
@@ -445,17 +394,22 @@ func (ss *session) Logout() error {
 	return nil
 }
 
-// clientReader reads a message's data from the client. It notes bytes
-// above 127 (which need 8BITMIME upstream), and marks its errors as the
-// client's, so that a stalled or broken upload is never reported as a
-// queue failure.
+// clientReader reads a message's data from the client. It enforces the
+// size limit, notes bytes above 127 (which need 8BITMIME upstream), and
+// marks its errors as the client's, so that a stalled or broken upload is
+// never reported as a queue failure.
 type clientReader struct {
 	r        io.Reader
+	limit    int64 // 0: none
+	read     int64
 	eightBit bool
 }
 
 func (c *clientReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
+	if c.read += int64(n); c.limit > 0 && c.read > c.limit {
+		return 0, &clientError{err: smtp.ErrDataTooLarge}
+	}
 	if !c.eightBit {
 		for _, b := range p[:n] {
 			if b >= 0x80 {
