@@ -10,7 +10,10 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/rs/zerolog"
+
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/relay"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 )
 
@@ -30,8 +33,10 @@ func (e *Error) Error() string { return e.Err.Error() }
 func (e *Error) Unwrap() error { return e.Err }
 
 // Submit hands m to the relay listening per cfg, or, when nothing listens
-// there, queues it directly for the relay to send when it starts.
-func Submit(cfg *config.Config, m *Message) (*Result, error) {
+// there, takes it into the queue itself through the relay's intake, with
+// the same rules as the listener (the sender policy, the header fix-ups),
+// for the relay to send when it starts.
+func Submit(cfg *config.Config, rules relay.IntakeConfig, m *Message) (*Result, error) {
 	reply, err := viaSMTP(cfg, m)
 	if err == nil {
 		return &Result{Reply: reply}, nil
@@ -55,14 +60,25 @@ func Submit(cfg *config.Config, m *Message) (*Result, error) {
 		return nil, &Error{Exit: ExitTempFail, Err: fmt.Errorf("the relay holds the queue but does not accept connections on %s: %w", cfg.Listen.Addr, err)}
 	}
 	defer release()
-	qm := &queue.Message{From: m.From}
-	for _, r := range m.Rcpts {
-		qm.Rcpts = append(qm.Rcpts, queue.Recipient{Addr: r, Status: queue.Pending})
+	// As the listener would: a local client, on this machine.
+	in := relay.NewIntake(q, rules, zerolog.Nop())
+	qm, st, err := in.Stage(relay.Envelope{From: m.From, Rcpts: m.Rcpts, Helo: "localhost", Client: "127.0.0.1"}, m.Data)
+	if err == nil {
+		err = q.Commit(st, qm)
 	}
-	if err := q.Enqueue(qm, m.Data); err != nil {
-		return nil, &Error{Exit: ExitTempFail, Err: fmt.Errorf("the relay is not running and the message could not be queued: %w", err)}
+	var refusal *smtp.SMTPError
+	var le *relay.LineError
+	switch {
+	case err == nil:
+		return &Result{QueuedOffline: qm.ID}, nil
+	case errors.As(err, &refusal):
+		return nil, &Error{Exit: ExitUnavailable, Err: fmt.Errorf("refused: %s", refusal.Message)}
+	case errors.Is(err, smtp.ErrDataTooLarge):
+		return nil, &Error{Exit: ExitDataErr, Err: fmt.Errorf("the message is larger than this relay accepts (%d bytes)", in.Limit())}
+	case errors.As(err, &le):
+		return nil, &Error{Exit: ExitDataErr, Err: le}
 	}
-	return &Result{QueuedOffline: qm.ID}, nil
+	return nil, &Error{Exit: ExitTempFail, Err: fmt.Errorf("the relay is not running and the message could not be queued: %w", err)}
 }
 
 // errNotStarted: the listener could not be reached. The queue lock then

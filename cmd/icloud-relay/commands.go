@@ -337,7 +337,7 @@ func sendmailCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "sendmail: %v\n", err)
 		return sendmail.ExitDataErr
 	}
-	res, err := sendmail.Submit(cfg, msg)
+	res, err := sendmail.Submit(cfg, app.IntakeConfig(cfg), msg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sendmail: %v\n", err)
 		var se *sendmail.Error
