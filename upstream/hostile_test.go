@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/icloud-relay/icloud-relay/internal/certs"
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
@@ -39,15 +38,7 @@ type hostile587 struct {
 
 func startHostile(t *testing.T, h *hostile587) {
 	t.Helper()
-	ca, err := certs.NewCA("hostile test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h.cert, err = ca.Issue("127.0.0.1"); err != nil {
-		t.Fatal(err)
-	}
-	h.roots = x509.NewCertPool()
-	h.roots.AppendCertsFromPEM(ca.PEM)
+	h.cert, h.roots = testTLS(t, "hostile test CA")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -43,9 +43,11 @@ type scripted struct {
 	turns       int // times, after login, the server waited for the client
 }
 
-func startScripted(t *testing.T, sc *scripted) {
+// testTLS returns a certificate for 127.0.0.1 from a new test CA, and the
+// roots that trust it.
+func testTLS(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	ca, err := certs.NewCA("scripted test CA")
+	ca, err := certs.NewCA(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,8 +55,15 @@ func startScripted(t *testing.T, sc *scripted) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sc.roots = x509.NewCertPool()
-	sc.roots.AppendCertsFromPEM(ca.PEM)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.PEM)
+	return cert, roots
+}
+
+func startScripted(t *testing.T, sc *scripted) {
+	t.Helper()
+	var cert tls.Certificate
+	cert, sc.roots = testTLS(t, "scripted test CA")
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
 		t.Fatal(err)
