@@ -21,13 +21,20 @@ type fakeClock struct {
 }
 
 type fakeTimer struct {
+	clock   *fakeClock
 	at      time.Time
 	c       chan time.Time
-	stopped bool
+	stopped bool // under clock.mu
 }
 
 func (t *fakeTimer) C() <-chan time.Time { return t.c }
-func (t *fakeTimer) Stop() bool          { t.stopped = true; return true }
+
+func (t *fakeTimer) Stop() bool {
+	t.clock.mu.Lock()
+	defer t.clock.mu.Unlock()
+	t.stopped = true
+	return true
+}
 
 func (c *fakeClock) Now() time.Time {
 	c.mu.Lock()
@@ -38,7 +45,7 @@ func (c *fakeClock) Now() time.Time {
 func (c *fakeClock) NewTimer(d time.Duration) Timer {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	t := &fakeTimer{at: c.now.Add(d), c: make(chan time.Time, 1)}
+	t := &fakeTimer{clock: c, at: c.now.Add(d), c: make(chan time.Time, 1)}
 	c.timers = append(c.timers, t)
 	return t
 }

@@ -32,8 +32,14 @@ func killTraced(t *testing.T, dir string) {
 	}
 }
 
-// syscalls is an strace log, one completed call a line.
+// syscalls is an strace log, one call a line, in the order the calls
+// completed: a call that strace split in two (another thread's call came
+// in between) is joined where it ended, except a write, which is kept
+// where it began (what matters of a reply is when it started to go out).
+// Failed calls are left out.
 type syscalls []string
+
+var resumed = regexp.MustCompile(`^(\d+) +<\.\.\. \w+ resumed>`)
 
 func readStrace(t *testing.T, path string) syscalls {
 	t.Helper()
@@ -42,11 +48,27 @@ func readStrace(t *testing.T, path string) syscalls {
 		t.Fatal(err)
 	}
 	var out syscalls
+	started := map[string]string{} // pid → the first half of a split call
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, "= -1") || strings.Contains(l, "<unfinished") || strings.Contains(l, "resumed>") {
+		if before, ok := strings.CutSuffix(l, " <unfinished ...>"); ok {
+			pid := strings.Fields(l + " x")[0]
+			started[pid] = before
+			if strings.Contains(l, " write(") {
+				out = append(out, before)
+			}
 			continue
 		}
-		out = append(out, l)
+		if m := resumed.FindStringSubmatch(l); m != nil {
+			first, ok := started[m[1]]
+			delete(started, m[1])
+			if !ok || strings.Contains(first, " write(") {
+				continue
+			}
+			l = first + strings.TrimPrefix(l, m[0])
+		}
+		if !strings.Contains(l, "= -1") {
+			out = append(out, l)
+		}
 	}
 	return out
 }
