@@ -14,6 +14,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"sort"
 	"sync"
 )
 
@@ -80,6 +81,9 @@ next:
 		}
 		r.forms = append(r.forms, []byte(f))
 	}
+	// Longest first: one form may contain another (the base64 of a
+	// password can end the base64 of an AUTH PLAIN response).
+	sort.Slice(r.forms, func(i, j int) bool { return len(r.forms[i]) > len(r.forms[j]) })
 }
 
 // Bytes returns p with every secret masked (p itself when there is none).
