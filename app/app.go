@@ -194,6 +194,18 @@ func (a *App) Start() error {
 	return nil
 }
 
+// PortMemory is what the upstream client learned about the ports.
+func (a *App) PortMemory() upstream.PortMemory { return a.up.PortMemory() }
+
+// Remember takes over what the relay before a reload learned about the
+// ports (the same upstream host and ports only).
+func (a *App) Remember(before *config.Config, m upstream.PortMemory) {
+	b, u := before.Upstream, a.cfg.Upstream
+	if b.Host == u.Host && b.StartTLSPort == u.StartTLSPort && b.TLSPort == u.TLSPort {
+		a.up.Remember(m)
+	}
+}
+
 // Addr is the listener's first address.
 func (a *App) Addr() net.Addr { return a.srv.Addr() }
 

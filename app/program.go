@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"fmt"
+	"io"
+	"reflect"
 	"sync"
 	"time"
 
@@ -10,25 +12,52 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/internal/redact"
+	"github.com/icloud-relay/icloud-relay/upstream"
 )
+
+// LogFactory makes the logger a config's [log] section asks for; the
+// closer closes its file.
+type LogFactory func(*config.Config) (zerolog.Logger, io.Closer, error)
 
 // Program is the relay as the service manager and the command line drive
 // it: Start and Stop, and Reload to take up an edited config file without
 // losing queued mail (the queue stays on disk; the new relay picks it up).
 type Program struct {
 	path string
-	log  zerolog.Logger
+	logs LogFactory
 	red  *redact.Redactor // the log's: a reloaded config's secrets are added to it
 
-	mu  sync.Mutex
-	cfg *config.Config
-	cur *App
+	mu     sync.Mutex
+	cfg    *config.Config
+	log    zerolog.Logger
+	closer io.Closer
+	cur    *App
 }
 
 // NewProgram returns a program for the config at path, already loaded as
-// cfg, logging to log, whose output red masks.
-func NewProgram(path string, cfg *config.Config, log zerolog.Logger, red *redact.Redactor) *Program {
-	return &Program{path: path, cfg: cfg, log: log, red: red}
+// cfg, logging as logs makes it for each config (a reload may change
+// [log]), with output that red masks. It opens the log at once: an
+// unusable log file is an error here, before anything starts.
+func NewProgram(path string, cfg *config.Config, logs LogFactory, red *redact.Redactor) (*Program, error) {
+	log, closer, err := logs(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Program{path: path, logs: logs, red: red, cfg: cfg, log: log, closer: closer}, nil
+}
+
+// Log is the program's current logger.
+func (p *Program) Log() zerolog.Logger {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log
+}
+
+// Close closes the log.
+func (p *Program) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closer.Close()
 }
 
 // Start starts the relay. It does not block.
@@ -58,30 +87,44 @@ func (p *Program) Stop(ctx context.Context) error {
 	return err
 }
 
-// Reload reads the config file again. A config with errors is reported and
-// the running relay keeps going; a good one replaces it (a short gap in
-// listening, nothing lost: a client that connects in that gap retries).
-// A paused delivery resumes, since the config may fix what paused it.
+// Reload reads the config file again and applies all of it: a new relay
+// with the new settings replaces the running one ([log] included: level,
+// format and file), keeping what the old one learned about the ports, and
+// one log line says which sections changed. A config with errors is
+// reported and the running relay keeps going. A paused delivery resumes,
+// since the config may fix what paused it. (A short gap in listening loses
+// nothing: a client that connects in it tries again.)
 func (p *Program) Reload() error {
 	cfg, err := config.Load(p.path)
 	if err != nil {
-		p.log.Error().Err(err).Msg("config reload refused: the file has errors; the relay keeps running with the old config")
+		log := p.Log()
+		log.Error().Err(err).Msg("config reload refused: the file has errors; the relay keeps running with the old config")
 		return err
 	}
 	cfg.AddSecrets(p.red) // before anything of the new config can be logged
+	log, closer, err := p.logs(cfg)
+	if err != nil {
+		old := p.Log()
+		old.Error().Err(err).Msg("config reload refused: the new log settings cannot be used; the relay keeps running with the old config")
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var ports upstream.PortMemory
 	if p.cur != nil {
+		ports = p.cur.PortMemory()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		p.cur.Stop(ctx)
 		cancel()
 		p.cur = nil
 	}
-	a, err := New(cfg, p.log, p.red)
+	a, err := New(cfg, log, p.red)
 	if err == nil {
+		a.Remember(p.cfg, ports)
 		err = a.Start()
 	}
 	if err != nil {
+		closer.Close()
 		// Fall back to the old config rather than leave mail unrelayed.
 		p.log.Error().Err(err).Msg("the reloaded config cannot start; going back to the previous one")
 		if old, oerr := New(p.cfg, p.log, p.red); oerr == nil && old.Start() == nil {
@@ -89,7 +132,27 @@ func (p *Program) Reload() error {
 		}
 		return fmt.Errorf("reload: %w", err)
 	}
-	p.cfg, p.cur = cfg, a
-	p.log.Info().Str("config", p.path).Msg("config reloaded")
+	changed := changedSections(p.cfg, cfg)
+	oldCloser := p.closer
+	p.cfg, p.cur, p.log, p.closer = cfg, a, log, closer
+	oldCloser.Close()
+	p.log.Info().Str("config", p.path).Strs("changed", changed).Msg("config reloaded")
 	return nil
+}
+
+// changedSections names the config sections whose settings differ.
+func changedSections(before, after *config.Config) []string {
+	b, a := reflect.ValueOf(*before), reflect.ValueOf(*after)
+	var out []string
+	for i := 0; i < b.NumField(); i++ {
+		f := b.Type().Field(i)
+		name := f.Tag.Get("toml")
+		if name == "" || name == "-" || !f.IsExported() {
+			continue
+		}
+		if !reflect.DeepEqual(b.Field(i).Interface(), a.Field(i).Interface()) {
+			out = append(out, name)
+		}
+	}
+	return out
 }

@@ -2,10 +2,14 @@ package app_test
 
 import (
 	"context"
+	"io"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/icloud-relay/icloud-relay/app"
+	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
@@ -16,8 +20,12 @@ func TestProgramLifecycle(t *testing.T) {
 	e := newEnv(t, "")
 	e.stop()
 	red := e.cfg.Redactor()
-	log, _, _ := logging.New(logging.Options{Level: "debug", Format: "json", Redactor: red}, e.logs)
-	p := app.NewProgram(e.cfg.Path, e.cfg, log, red)
+	p, err := app.NewProgram(e.cfg.Path, e.cfg, func(*config.Config) (zerolog.Logger, io.Closer, error) {
+		return logging.New(logging.Options{Level: "debug", Format: "json", Redactor: red}, e.logs)
+	}, red)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -179,6 +179,31 @@ func (c *Client) MaxSize() int64 {
 	return c.maxSize
 }
 
+// PortMemory is what a client learned about the ports: the one that works
+// and since when it fell back to it.
+type PortMemory struct {
+	Port  int
+	Since time.Time
+}
+
+// PortMemory returns what c learned about the ports.
+func (c *Client) PortMemory() PortMemory {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return PortMemory{Port: c.preferred, Since: c.fellBackAt}
+}
+
+// Remember takes over what another client learned (the one a reload
+// replaced), so that a blocked 587 is not waited for again. Memory about
+// other ports is ignored.
+func (c *Client) Remember(m PortMemory) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if m.Port == c.cfg.TLSPort {
+		c.preferred, c.fellBackAt = m.Port, m.Since
+	}
+}
+
 // Preferred returns the port the next delivery tries first.
 func (c *Client) Preferred() int {
 	return c.portOrder()[0]

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/rs/zerolog"
+
 	"github.com/icloud-relay/icloud-relay/app"
 	"github.com/icloud-relay/icloud-relay/bench"
 	"github.com/icloud-relay/icloud-relay/config"
@@ -157,20 +159,26 @@ func runCmd(args []string) int {
 	if cfg == nil {
 		return code
 	}
-	if cfg.Log.File == "" && !service.Interactive() {
-		// Under a service manager stderr may go nowhere (Windows): log to the
-		// per-OS file too.
-		cfg.Log.File = config.DefaultPaths(!config.IsAdmin()).Log
-	}
 	red := cfg.Redactor()
-	log, closer, err := logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: cfg.Log.File,
-		MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Redactor: red}, os.Stderr)
+	interactive := service.Interactive()
+	logs := func(cfg *config.Config) (zerolog.Logger, io.Closer, error) {
+		file := cfg.Log.File
+		if file == "" && !interactive {
+			// Under a service manager stderr may go nowhere (Windows): log
+			// to the per-OS file too.
+			file = config.DefaultPaths(!config.IsAdmin()).Log
+		}
+		return logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: file,
+			MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Redactor: red}, os.Stderr)
+	}
+	prog, err := app.NewProgram(cfg.Path, cfg, logs, red)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay: log.file: %v\n", err)
 		return exitUsage
 	}
-	defer closer.Close()
-	if err := service.Run(app.NewProgram(cfg.Path, cfg, log, red)); err != nil {
+	defer prog.Close()
+	if err := service.Run(prog); err != nil {
+		log := prog.Log()
 		var ke *config.KeyError
 		if errors.As(err, &ke) {
 			log.Error().Err(err).Str("stage", "queue").Str("remedy", "Fix the config file at the line named, or the directory it names.").Msg("relay cannot start: config error")

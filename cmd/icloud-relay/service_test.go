@@ -75,3 +75,77 @@ func TestSIGHUPReloadsTheConfig(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+// A reload applies all of the config, [log] included, in both directions,
+// and keeps what the relay learned about the ports: with 587 blackholed,
+// the relay that follows a reload goes straight to 465 instead of waiting
+// for 587 again.
+func TestReloadAppliesTheLogLevelAndKeepsThePort(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetPort(s.StartTLSPort, upstreamtest.PortBlackhole)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfigAt(t, s, dir, s.Password(), listen, "")
+	text, _ := os.ReadFile(cfg)
+	info := strings.Replace(string(text), "level = \"debug\"", "level = \"info\"", 1)
+	os.WriteFile(cfg, []byte(info), 0o600)
+	p := startProc(t, "run", "--config", cfg)
+	p.waitLog(t, "listening for local mail clients")
+	if err := sendTo(listen, "before"); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitMessages(1, 20*time.Second)
+	debugLines := func(from int) (n int, fellBack bool) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, l := range p.logs[from:] {
+			n += strings.Count(l, `"level":"debug"`)
+			fellBack = fellBack || strings.Contains(l, "trying port")
+		}
+		return n, fellBack
+	}
+	mark := func() int { p.mu.Lock(); defer p.mu.Unlock(); return len(p.logs) }
+	if n, _ := debugLines(0); n != 0 {
+		t.Fatalf("%d debug lines at level info", n)
+	}
+
+	reload := func(level string, reloads int) int {
+		os.WriteFile(cfg, []byte(strings.Replace(info, "level = \"info\"", "level = \""+level+"\"", 1)), 0o600)
+		from := mark()
+		p.cmd.Process.Signal(syscall.SIGHUP)
+		for deadline := time.Now().Add(20 * time.Second); strings.Count(p.output(), `"message":"config reloaded"`) < reloads; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no reload:\n%s", p.output())
+			}
+		}
+		return from
+	}
+	from := reload("debug", 1)
+	if !strings.Contains(p.output(), `"changed":["log"]`) {
+		t.Errorf("the reload line does not say what changed:\n%s", p.output())
+	}
+	if err := sendTo(listen, "after"); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitMessages(2, 20*time.Second)
+	n, fellBack := debugLines(from)
+	if n == 0 {
+		t.Fatal("no debug lines after a reload to level debug")
+	}
+	if fellBack {
+		t.Fatal("after the reload the relay tried 587 again: the remembered port was lost")
+	}
+	from = reload("info", 2)
+	if err := sendTo(listen, "back"); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitMessages(3, 20*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	if n, _ := debugLines(from); n != 0 {
+		t.Fatalf("%d debug lines after a reload back to info", n)
+	}
+}
