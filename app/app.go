@@ -35,6 +35,9 @@ type App struct {
 	ctl    *control.Server
 	unlock func()
 	cancel context.CancelFunc
+	// reload, when set before Start, is what the control API's reload
+	// does (the program's Reload).
+	reload func()
 }
 
 // New checks what can be checked before starting (queue directory, CA file,
@@ -178,7 +181,7 @@ func (a *App) Start() error {
 		a.srv.Close()
 		return err
 	}
-	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched, a.log, a.red); err != nil {
+	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched, a.log, a.red, a.reload); err != nil {
 		cancel()
 		a.srv.Close()
 		return err

@@ -64,7 +64,7 @@ func (p *Program) Close() error {
 func (p *Program) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	a, err := New(p.cfg, p.log, p.red)
+	a, err := p.newApp(p.cfg, p.log)
 	if err != nil {
 		return err
 	}
@@ -73,6 +73,15 @@ func (p *Program) Start() error {
 	}
 	p.cur = a
 	return nil
+}
+
+// newApp builds a relay whose control API can ask for a reload.
+func (p *Program) newApp(cfg *config.Config, log zerolog.Logger) (*App, error) {
+	a, err := New(cfg, log, p.red)
+	if err == nil {
+		a.reload = func() { p.Reload() }
+	}
+	return a, err
 }
 
 // Stop stops the relay gracefully within ctx.
@@ -118,7 +127,7 @@ func (p *Program) Reload() error {
 		cancel()
 		p.cur = nil
 	}
-	a, err := New(cfg, log, p.red)
+	a, err := p.newApp(cfg, log)
 	if err == nil {
 		a.Remember(p.cfg, ports)
 		err = a.Start()
@@ -127,7 +136,7 @@ func (p *Program) Reload() error {
 		closer.Close()
 		// Fall back to the old config rather than leave mail unrelayed.
 		p.log.Error().Err(err).Msg("the reloaded config cannot start; going back to the previous one")
-		if old, oerr := New(p.cfg, p.log, p.red); oerr == nil && old.Start() == nil {
+		if old, oerr := p.newApp(p.cfg, p.log); oerr == nil && old.Start() == nil {
 			p.cur = old
 		}
 		return fmt.Errorf("reload: %w", err)

@@ -6,11 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/demo"
 	"github.com/icloud-relay/icloud-relay/doctor"
 	"github.com/icloud-relay/icloud-relay/logging"
+	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/sendmail"
 	"github.com/icloud-relay/icloud-relay/service"
 )
@@ -54,6 +57,7 @@ func commands() []command {
 		{"stop", "stop the service", serviceCmd("stop")},
 		{"restart", "restart the service", serviceCmd("restart")},
 		{"status", "is the service running, and what is queued", serviceCmd("status")},
+		{"reload", "make the running relay read its config again (as SIGHUP does, on every OS)", reloadCmd},
 		{"version", "print the version", versionCmd},
 	}
 }
@@ -366,4 +370,37 @@ func configArgs(args []string, cfg string) []string {
 		return append(args, "--config", cfg)
 	}
 	return args
+}
+
+func reloadCmd(args []string) int {
+	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
+	cfgPath := configFlag(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "Usage: icloud-relay reload [--config FILE]\n\nMakes the relay running on the config's queue read the config again: every\nsetting applies, [log] included, and its log says which sections changed.")
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	cfg, ok := loadLocalConfig(*cfgPath) // a config with errors is reported here, as the relay would refuse it
+	if !ok {
+		return exitUsage
+	}
+	q, err := control.Open(cfg.Queue.Dir)
+	if errors.Is(err, iofs.ErrNotExist) {
+		err = control.ErrNotRunning // no relay has ever run on it
+	} else if err == nil {
+		defer q.Close()
+		err = q.Reload(30 * time.Second)
+	}
+	if err != nil {
+		if errors.Is(err, control.ErrNotRunning) {
+			fmt.Fprintf(os.Stderr, "icloud-relay reload: no relay is running on %s: nothing to reload (a relay started now reads the config as it is)\n", cfg.Queue.Dir)
+		} else {
+			fmt.Fprintf(os.Stderr, "icloud-relay reload: %v\n", err)
+		}
+		return exitFailure
+	}
+	fmt.Println("Reloaded: the relay's log says which sections changed.")
+	return exitOK
 }

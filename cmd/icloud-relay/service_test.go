@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -147,5 +148,34 @@ func TestReloadAppliesTheLogLevelAndKeepsThePort(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if n, _ := debugLines(from); n != 0 {
 		t.Fatalf("%d debug lines after a reload back to info", n)
+	}
+}
+
+// "icloud-relay reload" does what SIGHUP does, through the control API, so
+// Windows (no SIGHUP) has it too; with no relay running it says so.
+func TestReloadCommand(t *testing.T) {
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "")
+	if code, out := runCLI(t, "reload", "--config", cfg); code != 1 || !strings.Contains(out, "no relay is running") {
+		t.Fatalf("with no relay: exit %d\n%s", code, out)
+	}
+	p := startProc(t, "run", "--config", cfg)
+	p.waitLog(t, "listening for local mail clients")
+	text, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte(strings.Replace(string(text), "level = \"debug\"", "level = \"info\"", 1)), 0o600)
+	if code, out := runCLI(t, "reload", "--config", cfg); code != 0 {
+		t.Fatalf("reload: exit %d\n%s\nrelay log:\n%s", code, out, p.output())
+	}
+	if l := p.waitLog(t, "config reloaded"); fmt.Sprint(l["changed"]) != "[log]" {
+		t.Fatalf("reload line: %v", l)
+	}
+	// The relay goes on after the reload: a queue command reaches the new one.
+	if code, out := runCLI(t, "queue", "retry", "--all", "--config", cfg); code != 0 {
+		t.Fatalf("after the reload: %s", out)
 	}
 }

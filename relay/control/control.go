@@ -68,9 +68,10 @@ type Server struct {
 	ops   Ops
 	tok   string
 	file  string
-	log   zerolog.Logger
-	red   *redact.Redactor
-	slots chan struct{}
+	log    zerolog.Logger
+	red    *redact.Redactor
+	reload func() // nil: reloads are not taken here
+	slots  chan struct{}
 	wg    sync.WaitGroup
 
 	mu     sync.Mutex
@@ -90,15 +91,16 @@ type reply struct {
 }
 
 // Serve starts the API for ops and publishes its endpoint in dir; red
-// masks secrets in its replies.
-func Serve(dir string, ops Ops, log zerolog.Logger, red *redact.Redactor) (*Server, error) {
+// masks secrets in its replies; reload, when set, starts a reload of the
+// config ("icloud-relay reload", which Windows needs: it has no SIGHUP).
+func Serve(dir string, ops Ops, log zerolog.Logger, red *redact.Redactor, reload func()) (*Server, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
 	var tok [24]byte
 	rand.Read(tok[:])
-	s := &Server{ln: ln, ops: ops, tok: hex.EncodeToString(tok[:]), file: endpointFile(dir), log: log, red: red,
+	s := &Server{ln: ln, ops: ops, tok: hex.EncodeToString(tok[:]), file: endpointFile(dir), log: log, red: red, reload: reload,
 		slots: make(chan struct{}, maxConns), logged: map[string]time.Time{}}
 	b, _ := json.Marshal(endpoint{Addr: ln.Addr().String(), Token: s.tok, PID: os.Getpid()})
 	if err := os.WriteFile(s.file, b, 0o600); err != nil {
@@ -190,6 +192,13 @@ func (s *Server) handle(req request) reply {
 		err = s.ops.Delete(req.ID)
 	case "requeue":
 		err = s.ops.Requeue(req.ID)
+	case "reload":
+		if s.reload == nil {
+			err = errors.New("this relay does not take reloads")
+			break
+		}
+		// Not in this request: a reload replaces this very API.
+		go s.reload()
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}
@@ -293,6 +302,29 @@ func (q *Queue) Delete(id string) error {
 		return err
 	}
 	return q.RemoveFailed(id)
+}
+
+// ErrNotRunning: no relay runs on the queue.
+var ErrNotRunning = errors.New("no relay is running on this queue")
+
+// Reload asks the running relay to read its config again, and waits until
+// it has replaced itself (its control endpoint is published anew) or the
+// time runs out.
+func (q *Queue) Reload(wait time.Duration) error {
+	if q.ep == nil {
+		return ErrNotRunning
+	}
+	before := q.ep.Token
+	if _, err := q.call("reload", ""); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var ep endpoint
+		if b, err := os.ReadFile(endpointFile(q.Dir())); err == nil && json.Unmarshal(b, &ep) == nil && ep.Token != before {
+			return nil
+		}
+	}
+	return fmt.Errorf("the relay (pid %d) took the reload but did not come back within %s; see its log", q.ep.PID, wait)
 }
 
 // Requeue moves a failed message back into the queue.

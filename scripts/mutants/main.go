@@ -83,7 +83,7 @@ var mutants = []mutant{
 	{name: "intake: a full disk answers 451", file: "relay/server.go", from: "\tif errors.Is(err, syscall.ENOSPC) {", to: "\tif false && errors.Is(err, syscall.ENOSPC) {", pkgs: []string{"./app"}, run: "FullDisk"},
 	{name: "intake: a commit's cause lost", file: "relay/server.go", from: "\t\treturn storeFailed(o.Lost)", to: "\t\treturn storeFailed(errors.New(\"lost\"))", pkgs: []string{"./app"}, run: "FullDiskBetween"},
 	{name: "reload: the remembered port forgotten", file: "app/program.go", from: "\t\ta.Remember(p.cfg, ports)\n", to: "\t\t_ = ports\n", pkgs: []string{"./cmd/icloud-relay"}, run: "ReloadApplies"},
-	{name: "reload: the new [log] settings not applied", file: "app/program.go", from: "\ta, err := New(cfg, log, p.red)\n", to: "\ta, err := New(cfg, p.log, p.red)\n", pkgs: []string{"./cmd/icloud-relay"}, run: "ReloadApplies"},
+	{name: "reload: the new [log] settings not applied", file: "app/program.go", from: "\ta, err := p.newApp(cfg, log)\n", to: "\ta, err := p.newApp(cfg, p.log)\n", pkgs: []string{"./cmd/icloud-relay"}, run: "ReloadApplies"},
 	{name: "logging: the password not handed to the redactor", file: "config/config.go", from: "\tr.AddLogin(c.Upstream.Username, c.Upstream.Password.Reveal())\n", to: "", pkgs: []string{"./cmd/icloud-relay"}, run: "EchoedPassword"},
 	{name: "redact: no base64 forms", file: "internal/redact/redact.go", from: "\t\tr.add(s, base64.StdEncoding.EncodeToString([]byte(s)))", to: "\t\tr.add(s)", pkgs: []string{"./cmd/icloud-relay"}, run: "EchoedPassword"},
 }
