@@ -64,15 +64,15 @@ func endpointFile(dir string) string { return filepath.Join(dir, "control.json")
 // and one JSON reply line per connection (net/http would cost the
 // always-on process 2 MiB for four commands).
 type Server struct {
-	ln    net.Listener
-	ops   Ops
-	tok   string
-	file  string
+	ln     net.Listener
+	ops    Ops
+	tok    string
+	file   string
 	log    zerolog.Logger
 	red    *redact.Redactor
 	reload func() // nil: reloads are not taken here
 	slots  chan struct{}
-	wg    sync.WaitGroup
+	wg     sync.WaitGroup
 
 	mu     sync.Mutex
 	logged map[string]time.Time // when each kind of trouble was last logged
