@@ -3,10 +3,19 @@
 // Layout under the queue directory:
 //
 //	tmp/          files being written; anything here at start is debris
-//	active/ID.eml the message, byte for byte as the client sent it
+//	active/ID.eml the message as the intake made it (relay.Intake)
 //	active/ID.json its envelope and delivery state (the commit marker)
 //	failed/       the same pair for messages that will not be delivered,
 //	              with the final reason
+//
+// A message's states, and who may change its files in each (one owner at
+// a time; ARCHITECTURE.md has the whole table):
+//
+//	staged     .eml only            the intake, then the scheduler it is handed to
+//	queued     .eml + .json         the scheduler
+//	sending    as queued            one delivery worker
+//	delivered  removed (.json first) —
+//	failed     in failed/           the queue commands (requeue, delete)
 //
 // Invariants:
 //   - A message exists once its .json is in active/. The .eml is written
