@@ -78,7 +78,7 @@ var mutants = []mutant{
 	{name: "auth: clear-text logins from other machines", file: "relay/auth.go", from: "\treturn isTLS || isLocal(ss.clientAddr())", to: "\treturn isTLS || true", pkgs: []string{"./app"}, run: "LoginsFromOther"},
 	{name: "auth: failures counted per address, not per /64", file: "relay/conn.go", from: "\t\tbits = 64\n", to: "", pkgs: []string{"./relay"}},
 	{name: "intake: a client's stall blamed on the queue", file: "relay/server.go", from: "\tcase errors.As(err, &ce) && errors.As(err, &se):", to: "\tcase false && errors.As(err, &ce) && errors.As(err, &se):", pkgs: []string{"./app"}, run: "Stall"},
-	{name: "intake: long lines not re-encoded", file: "relay/server.go", from: "\tif err == nil && longest > maxLineLength {", to: "\tif false && longest > maxLineLength {", pkgs: []string{"./app"}, run: "LongHTMLLine"},
+	{name: "intake: long lines not re-encoded", file: "relay/intake.go", from: "\tif err == nil && longest > maxLineLength {", to: "\tif false && longest > maxLineLength {", pkgs: []string{"./app"}, run: "LongHTMLLine"},
 	{name: "intake: quadratic header unfolding", file: "relay/message.go", from: "\t\t\tfields[len(fields)-1].end = raw.Len()\n", to: "\t\t\tfields[len(fields)-1].end = raw.Len()\n\t\t\t_ = string(raw.Bytes()[fields[len(fields)-1].start:])\n", pkgs: []string{"./relay"}, run: "FoldedHeader"},
 	{name: "intake: a full disk answers 451", file: "relay/server.go", from: "\tif errors.Is(err, syscall.ENOSPC) {", to: "\tif false && errors.Is(err, syscall.ENOSPC) {", pkgs: []string{"./app"}, run: "FullDisk"},
 	{name: "intake: a commit's cause lost", file: "relay/server.go", from: "\t\treturn storeFailed(o.Lost)", to: "\t\treturn storeFailed(errors.New(\"lost\"))", pkgs: []string{"./app"}, run: "FullDiskBetween"},
