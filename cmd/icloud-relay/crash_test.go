@@ -26,11 +26,7 @@ func TestKillLoopLosesNothing(t *testing.T) {
 	if *soak {
 		kills, clients = 50, 4
 	}
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	s.SetFaults(upstreamtest.Faults{TempFailRate: 0.2, DropRate: 0.05})
 	dir := t.TempDir()
 	addr := freeAddr(t)
@@ -138,11 +134,7 @@ func TestKillsWhileABacklogDrains(t *testing.T) {
 		// iCloud a network away: the drain lasts over many kills.
 		backlog, kills, latency = 300, 25, 5*time.Millisecond
 	}
-	s, err := upstreamtest.Start(upstreamtest.Options{Latency: latency})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{Latency: latency})
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	cfg := writeConfigAt(t, s, dir, s.Password(), addr, "[delivery]\nretry_min = \"100ms\"\nretry_max = \"500ms\"\nprobe_interval = \"100ms\"\nsync_window = \"0s\"\n")

@@ -19,11 +19,7 @@ import (
 // itself. (The Received header's id and time, and a Date or Message-ID
 // the relay adds, differ by nature and are set aside.)
 func TestEveryDoorQueuesTheSameMessage(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused) // everything stays queued
 	s.SetPort(s.TLSPort, upstreamtest.PortRefused)
 	dir := t.TempDir()

@@ -22,11 +22,7 @@ func TestTheRelaySurvivesRunningOutOfFileDescriptors(t *testing.T) {
 	if err != nil {
 		testenv.Skip(t, "prlimit (util-linux) is needed to lower the relay's open-file limit")
 	}
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	cfg := writeConfigAt(t, s, dir, s.Password(), addr, "")

@@ -34,11 +34,7 @@ func TestSendmailNeedsNoSecret(t *testing.T) {
 	if os.Geteuid() != 0 {
 		testenv.Skip(t, "dropping privileges to another user needs root")
 	}
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	for _, source := range []string{"password_file", "password_env"} {
 		t.Run(source, func(t *testing.T) {
 			dir := t.TempDir()

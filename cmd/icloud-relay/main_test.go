@@ -105,6 +105,17 @@ func writeConfig(t *testing.T, s *upstreamtest.Server, dir, password string) str
 	return writeConfigAt(t, s, dir, password, "127.0.0.1:0", "")
 }
 
+// standIn starts a stand-in for iCloud, closed when the test ends.
+func standIn(t *testing.T, opts upstreamtest.Options) *upstreamtest.Server {
+	t.Helper()
+	s, err := upstreamtest.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // freeAddr returns a loopback address with a port free right now.
 func freeAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -169,11 +180,7 @@ func waitQueueEmpty(dir string, timeout time.Duration) []string {
 }
 
 func TestKilledRelayDeliversEverythingAfterRestart(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
 	s.SetPort(s.TLSPort, upstreamtest.PortRefused)
 	dir := t.TempDir()
@@ -218,11 +225,7 @@ func TestKilledRelayDeliversEverythingAfterRestart(t *testing.T) {
 }
 
 func TestWrongPasswordIsNeverLogged(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	const wrong = "zzzz-wron-gpas-swrd"
 	p := startProc(t, "run", "--config", writeConfig(t, s, t.TempDir(), wrong))
 	addr := p.waitLog(t, "listening for local mail clients")["addr"].(string)
@@ -293,11 +296,7 @@ func TestDemo(t *testing.T) {
 }
 
 func TestDoctorCommand(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	cfg := writeConfig(t, s, t.TempDir(), s.Password())
 	run := func(args ...string) (int, string) {
 		cmd := exec.Command(binary, append([]string{"doctor", "--config", cfg}, args...)...)

@@ -70,11 +70,7 @@ func TestTenSingleLineBDATUploadsKeepMemoryBounded(t *testing.T) {
 		testenv.Skip(t, "reads /proc")
 	}
 	plain := plainBuild(t)
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	// iCloud is busy: every message stays queued, nothing is held upstream.
 	s.SetFaults(upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "busy"}})
 	dir := t.TempDir()

@@ -58,11 +58,7 @@ func queueJSON(t *testing.T, cfg string, args ...string) []jsonEntry {
 }
 
 func TestQueueCommandsWhileTheRelayRuns(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	dir := t.TempDir()
 	cfg := writeConfig(t, s, dir, s.Password())
 	p := startProc(t, "run", "--config", cfg)
@@ -176,11 +172,7 @@ func failedIDs(t *testing.T, cfg string) []string {
 }
 
 func TestQueueCommandsWithoutARunningRelay(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfg := writeConfigAt(t, s, dir, s.Password(), listen, "")

@@ -20,11 +20,7 @@ import (
 // known password and looks for it in every output and every queue file.
 func TestThePasswordAppearsNowhere(t *testing.T) {
 	const secret = "qqqq-seek-rett-pass"
-	s, err := upstreamtest.Start(upstreamtest.Options{Password: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{Password: secret})
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfg := writeConfigAt(t, s, dir, secret, listen, "")
@@ -85,11 +81,7 @@ func TestThePasswordAppearsNowhere(t *testing.T) {
 // with a new password, the new one is masked too.
 func TestAnEchoedPasswordIsMaskedEverywhere(t *testing.T) {
 	const first, second = "echo-first-pass-0001", "echo-second-pass-0002"
-	s, err := upstreamtest.Start(upstreamtest.Options{Password: first})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{Password: first})
 	forms := func(pass string) []string {
 		return []string{pass, base64.StdEncoding.EncodeToString([]byte(pass)),
 			base64.StdEncoding.EncodeToString([]byte("\x00" + s.Username() + "\x00" + pass))}

@@ -167,11 +167,7 @@ func TestSendmailBSAsSymfonyDrivesIt(t *testing.T) {
 	}
 	for _, users := range []bool{false, true} {
 		t.Run(fmt.Sprintf("listen.users=%v", users), func(t *testing.T) {
-			s, err := upstreamtest.Start(upstreamtest.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s := standIn(t, upstreamtest.Options{})
 			dir := t.TempDir()
 			cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "")
 			if users {
@@ -196,11 +192,7 @@ func TestSendmailBSAsSymfonyDrivesIt(t *testing.T) {
 // With the relay stopped, -bs answers 421 and exits 75: the framework keeps
 // the message and tries again.
 func TestSendmailBSWithoutARelay(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	cfg := writeConfigAt(t, s, t.TempDir(), s.Password(), freeAddr(t), "")
 	cmd := exec.Command(binary, "sendmail", "-bs", "--config", cfg)
 	cmd.Stdin = strings.NewReader("EHLO x\r\n")
@@ -212,11 +204,7 @@ func TestSendmailBSWithoutARelay(t *testing.T) {
 
 // Linked as mailq (or -bp), the binary lists the queue.
 func TestMailqListsTheQueue(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	dir := t.TempDir()
 	cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "")
 	// Queued offline (no relay running): one message waits.

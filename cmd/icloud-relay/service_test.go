@@ -18,11 +18,7 @@ func TestServiceCommandsWithoutAServiceManager(t *testing.T) {
 		// exercised by the platform tests (under Wine for Windows).
 		t.Skipf("this machine has a service manager (%s)", p)
 	}
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	cfg := writeConfig(t, s, t.TempDir(), s.Password())
 	for _, action := range []string{"install", "start", "stop", "restart", "uninstall", "status"} {
 		code, out := runCLI(t, action, "--config", cfg)
@@ -36,11 +32,7 @@ func TestServiceCommandsWithoutAServiceManager(t *testing.T) {
 }
 
 func TestSIGHUPReloadsTheConfig(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	dir := t.TempDir()
 	listen := freeAddr(t)
 	cfg := writeConfigAt(t, s, dir, "wrong-pass-word-xyz", listen, "")
@@ -82,11 +74,7 @@ func TestSIGHUPReloadsTheConfig(t *testing.T) {
 // the relay that follows a reload goes straight to 465 instead of waiting
 // for 587 again.
 func TestReloadAppliesTheLogLevelAndKeepsThePort(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	s.SetPort(s.StartTLSPort, upstreamtest.PortBlackhole)
 	dir := t.TempDir()
 	listen := freeAddr(t)
@@ -154,11 +142,7 @@ func TestReloadAppliesTheLogLevelAndKeepsThePort(t *testing.T) {
 // "icloud-relay reload" does what SIGHUP does, through the control API, so
 // Windows (no SIGHUP) has it too; with no relay running it says so.
 func TestReloadCommand(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{})
 	dir := t.TempDir()
 	cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "")
 	if code, out := runCLI(t, "reload", "--config", cfg); code != 1 || !strings.Contains(out, "no relay is running") {

@@ -45,11 +45,7 @@ func checkWritten(t *testing.T, cfg, password string) {
 }
 
 func TestSetupWithFlags(t *testing.T) {
-	s, err := upstreamtest.Start(upstreamtest.Options{Aliases: []string{"alias@icloud.com"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{Aliases: []string{"alias@icloud.com"}})
 	dir := t.TempDir()
 	ca, _ := s.WriteCA(dir)
 	cfg := filepath.Join(dir, "etc", "config.toml")
@@ -106,11 +102,7 @@ func (p *ptyScreen) waitFor(t *testing.T, s string) {
 
 func TestSetupWizardInATerminal(t *testing.T) {
 	// Not the stand-in's default password: the wizard's help text shows that one as the example.
-	s, err := upstreamtest.Start(upstreamtest.Options{Password: "wxyz-abcd-efgh-ijkl"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := standIn(t, upstreamtest.Options{Password: "wxyz-abcd-efgh-ijkl"})
 	dir := t.TempDir()
 	ca, _ := s.WriteCA(dir)
 	cfg := filepath.Join(dir, "config.toml")

@@ -114,11 +114,7 @@ func TestSyscallsKeepTheDurabilityOrder(t *testing.T) {
 	plain := plainBuild(t)
 	for _, window := range []string{"0s", "2s"} {
 		t.Run("sync_window="+window, func(t *testing.T) {
-			s, err := upstreamtest.Start(upstreamtest.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s := standIn(t, upstreamtest.Options{})
 			s.SetFaults(upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "busy"}})
 			dir := t.TempDir()
 			addr := freeAddr(t)
