@@ -162,6 +162,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.smtp.Close()
 	s.wg.Wait()
+	s.refusals.stop()
 	return nil
 }
 
@@ -186,6 +187,7 @@ func (s *Server) Close() {
 		ln.Close()
 	}
 	s.smtp.Close()
+	s.refusals.stop()
 }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {

@@ -249,9 +249,6 @@ func Open(dir string) (*Queue, error) {
 	return &Queue{Queue: q, ep: &ep}, nil
 }
 
-// Running reports whether a relay runs on this queue.
-func (q *Queue) Running() bool { return q.ep != nil }
-
 // Close releases the queue.
 func (q *Queue) Close() {
 	if q.release != nil {
