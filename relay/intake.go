@@ -25,8 +25,9 @@ import (
 //     when missing, a From iCloud accepts (sender.rewrite = header), bare
 //     LF turned into CRLF;
 //  4. long lines re-encoded (longlines.go);
-//  5. staged on disk (queue.Stage). The door commits it (queue.Commit) or
-//     hands it to the scheduler, which then owns it.
+//  5. staged on disk (queue.Stage). The door owns it until it settles
+//     it: it commits it (queue.Commit), or hands it to the scheduler for a
+//     first attempt and settles it afterwards (Scheduler.Settle).
 //
 // So the same input queues the same bytes and envelope whatever the door.
 type Intake struct {

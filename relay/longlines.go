@@ -528,6 +528,13 @@ func (w *lineWalker) writeHeader(h *header, add []string) error {
 	return nil
 }
 
+// lineContent is a line without its line break: the LF and one CR before
+// it (a CR that ends the input counts too: a sender completes it with an
+// LF). Any other CR is content and counts towards the line's length.
+func lineContent(line []byte) []byte {
+	return bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+}
+
 func longestLine(p []byte) int {
 	longest := 0
 	for len(p) > 0 {
@@ -535,7 +542,7 @@ func longestLine(p []byte) int {
 		if i < 0 {
 			i = len(p)
 		}
-		longest = max(longest, len(bytes.TrimRight(p[:i], "\r")))
+		longest = max(longest, len(lineContent(p[:i])))
 		p = p[min(i+1, len(p)):]
 	}
 	return longest
@@ -546,7 +553,7 @@ func longestLine(p []byte) int {
 func foldField(f []byte) ([]byte, bool) {
 	var out []byte
 	for _, line := range bytes.SplitAfter(f, []byte("\n")) {
-		content := bytes.TrimRight(line, "\r\n")
+		content := lineContent(line)
 		if len(content) <= maxLineLength {
 			out = append(out, line...)
 			continue

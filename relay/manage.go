@@ -20,7 +20,7 @@ func (s *Scheduler) Retry(id string) error {
 		return &queue.Error{Op: "retry", ID: id, Err: queue.ErrNotFound}
 	}
 	if !it.busy {
-		it.msg.NextAttempt = time.Now()
+		it.msg.NextAttempt = s.clock.Now()
 	}
 	s.resumeLocked()
 	return nil
@@ -30,7 +30,7 @@ func (s *Scheduler) Retry(id string) error {
 func (s *Scheduler) RetryAll() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := time.Now()
+	now := s.clock.Now()
 	for _, it := range s.items {
 		if !it.busy {
 			it.msg.NextAttempt = now
@@ -53,7 +53,7 @@ func (s *Scheduler) Delete(id string) error {
 	if !ok {
 		return s.q.RemoveFailed(id)
 	}
-	if it.busy {
+	if it.busy || it.staged != nil {
 		return &queue.Error{Op: "delete", ID: id, Err: ErrBusy}
 	}
 	if err := s.q.Remove(id); err != nil {

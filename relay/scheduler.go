@@ -35,7 +35,6 @@ const (
 type Outcome struct {
 	Delivered bool            // every recipient has the message
 	Refusal   *upstream.Error // a permanent refusal: nobody got the message
-	Lost      error           // a staged message could not be stored, why: the client must send it again
 	// Refused lists the recipients refused for good when the others got the
 	// message (the attempt is over; a 250 must say who did not get it).
 	Refused []RecipientRefusal
@@ -48,8 +47,10 @@ type RecipientRefusal struct {
 }
 
 // Scheduler owns the queued messages in memory and delivers them with a
-// pool of workers. Each message has one owner at a time (item.busy), so no
-// message is sent twice concurrently.
+// pool of workers. Each message has one owner at a time: the door that
+// staged it (item.staged, until Settle), else the scheduler, and while
+// one worker sends it that worker (item.busy), so no message is sent twice
+// concurrently.
 //
 // Two states are about the upstream, not a message: paused (the account's
 // login was refused: retrying every message would only repeat it and risk a
@@ -78,15 +79,24 @@ type item struct {
 	busy    bool
 	waiters []chan Outcome
 
-	// A staged message (queue.Stage) is committed by whoever needs it
-	// durable first: the worker when the upstream did not take it, or the
-	// waiting client's session when the sync window ends. smu orders them.
-	smu      sync.Mutex
-	staged   *queue.Staged
-	snapshot *queue.Message // the metadata to commit: as received, never tried
-	lostErr  error          // committing failed, why: the message is gone
+	// A staged message (queue.Stage) belongs to the door that staged it
+	// until the door settles it (Settle): a worker may send it meanwhile,
+	// reading its data, but never commits, discards or files it. An attempt
+	// that ends first is parked for the door, which files it after it has
+	// committed or discarded the data. See ARCHITECTURE.md.
+	staged    *queue.Staged
+	snapshot  *queue.Message // what the door commits: as received, never tried
+	tried     chan struct{}  // closed when an attempt is parked
+	parked    *parked
+	withdrawn bool // the door could not store it: an attempt's result is dropped
 
-	removed bool // the upstream took it all and its files are gone (deliver)
+	removed bool // the upstream took it all and its files are gone
+}
+
+// parked is an attempt that ended while the door still owned its message.
+type parked struct {
+	whole bool   // the upstream took the message for every recipient
+	file  func() // files the result, as the worker would have
 }
 
 // NewScheduler returns a scheduler for q; call Start to run it.
@@ -139,90 +149,92 @@ func (s *Scheduler) Len() int {
 	return len(s.items)
 }
 
-// Submit hands a message to delivery. A staged message (st not nil) is
-// one whose client waits: when the upstream is usable, Submit returns a
-// channel that receives the first attempt's outcome; otherwise nil. Either
-// way the caller must call Commit before telling the client "queued".
-func (s *Scheduler) Submit(m *queue.Message, st *queue.Staged) <-chan Outcome {
+// Submit hands a message to delivery. A committed message (st nil) is the
+// scheduler's from now on. A staged one stays its door's until the door
+// calls Settle; when the upstream is usable a worker tries it meanwhile,
+// and Submit returns a channel closed when that attempt has ended (nil
+// when no attempt is due).
+func (s *Scheduler) Submit(m *queue.Message, st *queue.Staged) <-chan struct{} {
 	s.mu.Lock()
-	it := &item{msg: m, staged: st}
+	defer s.mu.Unlock()
+	it := &item{msg: m}
 	if st != nil {
-		it.snapshot = m.Clone()
-	}
-	var ch chan Outcome
-	if st != nil && s.usable(s.clock.Now()) {
-		ch = make(chan Outcome, 1)
-		it.waiters = append(it.waiters, ch)
+		it.staged, it.snapshot, it.tried = st, m.Clone(), make(chan struct{})
 	}
 	s.items[m.ID] = it
 	s.changedLocked()
-	s.mu.Unlock()
-	return ch
+	if st != nil && s.usable(s.clock.Now()) {
+		return it.tried
+	}
+	return nil
 }
 
-// Commit makes a staged message durable, unless its attempt already
-// settled it (delivered, or committed by the worker). On failure the
-// message is dropped, and its client must be told to send it again.
-func (s *Scheduler) Commit(id string) error {
+// Settle ends a door's ownership of the staged message id: the data is
+// discarded when an attempt has already delivered it to every recipient,
+// otherwise committed and the message handed to delivery. It returns the
+// outcome of the attempt that ended first (zero when none has ended: the
+// message is queued and the attempt, if any, goes on). An error means the
+// message could not be stored and is not queued: its client must send it
+// again.
+func (s *Scheduler) Settle(id string) (Outcome, error) {
 	s.mu.Lock()
 	it := s.items[id]
+	st, p := it.staged, it.parked
 	s.mu.Unlock()
-	if it == nil {
-		return nil // settled and filed: its outcome tells
-	}
-	it.smu.Lock()
-	defer it.smu.Unlock()
-	if it.lostErr != nil {
-		return it.lostErr // the worker failed to commit it
-	}
-	if it.staged == nil {
-		return nil
-	}
-	err := s.q.Commit(it.staged, it.snapshot)
-	it.staged = nil
-	if err != nil {
-		it.lostErr = err
-		s.mu.Lock()
-		if !it.busy {
-			delete(s.items, id)
+	if p != nil && p.whole {
+		if err := s.q.Discard(st); err != nil {
+			s.log.Warn().Err(err).Str("queue_id", id).Str("stage", "queue").Msg("delivered, but its staged data could not be removed")
 		}
+		it.removed = true
+	} else if err := s.q.Commit(st, it.snapshot); err != nil {
+		s.mu.Lock()
+		it.staged, it.withdrawn = nil, true
+		if !it.busy || it.parked != nil {
+			delete(s.items, id) // no attempt runs: nothing else knows of it
+		}
+		s.changedLocked()
 		s.mu.Unlock()
+		return Outcome{}, err
 	}
-	return err
+	s.mu.Lock()
+	it.staged = nil // delivery's from here on
+	p = it.parked   // again: the attempt may have ended during the commit
+	it.parked = nil
+	var ch chan Outcome
+	if p != nil {
+		ch = make(chan Outcome, 1)
+		it.waiters = append(it.waiters, ch)
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return Outcome{}, nil
+	}
+	p.file()
+	return <-ch, nil
 }
 
-// settle ends the staging of it's message, if it is still staged: the
-// upstream has it all (the data is removed), or it must be kept
-// (committed). It reports whether the message was staged; an error means
-// the message is lost (it could not be committed, now or before).
-func (s *Scheduler) settle(it *item, delivered bool) (wasStaged bool, err error) {
-	it.smu.Lock()
-	defer it.smu.Unlock()
-	if it.lostErr != nil {
-		return true, it.lostErr
+// finish files the result of an attempt at it (file), or parks it while
+// the door still owns the message. whole says the upstream took it for
+// every recipient.
+func (s *Scheduler) finish(it *item, log zerolog.Logger, whole bool, file func()) {
+	s.mu.Lock()
+	switch {
+	case it.withdrawn:
+		delete(s.items, it.msg.ID)
+		s.changedLocked()
+		s.mu.Unlock()
+		if whole {
+			log.Warn().Str("stage", "queue").Msg("delivered, but its client was told to send it again (it could not be stored): the recipients may get it twice")
+		}
+		return
+	case it.staged != nil:
+		it.parked = &parked{whole: whole, file: file}
+		close(it.tried)
+		s.mu.Unlock()
+		return
 	}
-	st := it.staged
-	if st == nil {
-		return false, nil
-	}
-	it.staged = nil
-	if delivered {
-		s.q.Discard(st)
-		return true, nil
-	}
-	if err := s.q.Commit(st, it.snapshot); err != nil {
-		it.lostErr = err
-		return true, err
-	}
-	return true, nil
-}
-
-// dropLost ends a message that could not be stored.
-func (s *Scheduler) dropLost(it *item, log zerolog.Logger, err error) {
-	log.Error().Err(err).Str("stage", "queue").
-		Str("remedy", "The queue directory cannot be written: check free disk space and permissions of queue.dir.").
-		Msg("cannot store the message; its client was told to send it again")
-	s.release(it, true, Outcome{Lost: err})
+	s.mu.Unlock()
+	file()
 }
 
 func (s *Scheduler) usable(now time.Time) bool {
@@ -289,8 +301,8 @@ func (s *Scheduler) pick(now time.Time) (*item, time.Duration) {
 			wait = min(wait, d)
 			continue
 		}
-		if best == nil || len(it.waiters) > len(best.waiters) ||
-			(len(it.waiters) == len(best.waiters) && it.msg.NextAttempt.Before(best.msg.NextAttempt)) {
+		if best == nil || (it.staged != nil && best.staged == nil) ||
+			((it.staged != nil) == (best.staged != nil) && it.msg.NextAttempt.Before(best.msg.NextAttempt)) {
 			best = it
 		}
 	}
@@ -313,7 +325,7 @@ func (s *Scheduler) pickMore(first *item, now time.Time) []*item {
 			if len(batch) == maxBatch {
 				return batch
 			}
-			if it.busy || (len(it.waiters) > 0) != waiting || it.msg.NextAttempt.After(now) ||
+			if it.busy || (it.staged != nil) != waiting || it.msg.NextAttempt.After(now) ||
 				size+it.msg.Size > batchBytes || !now.Before(it.msg.Received.Add(s.pol.MaxAge)) {
 				continue
 			}
@@ -355,7 +367,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 		m := it.msg
 		log := s.log.With().Str("queue_id", m.ID).Logger()
 		if !now.Before(m.Received.Add(s.pol.MaxAge)) {
-			s.expire(it, log)
+			s.finish(it, log, false, func() { s.expire(it, log) })
 			continue
 		}
 		// Save a retry before any network I/O: a crash mid-delivery must
@@ -368,12 +380,12 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 			log.Error().Err(err).Str("stage", "queue").Int("attempt", m.Attempts).
 				Str("remedy", "The queue directory cannot be written: check free disk space and permissions of queue.dir.").
 				Msg("cannot record delivery attempt; will retry")
-			s.release(it, false, Outcome{})
+			s.finish(it, log, false, func() { s.release(it, false, Outcome{}) })
 			continue
 		}
 		body, err := s.q.Body(m.ID)
 		if err != nil {
-			s.failLocal(it, log, fmt.Sprintf("message data unreadable: %v", err))
+			s.finish(it, log, false, func() { s.failLocal(it, log, fmt.Sprintf("message data unreadable: %v", err)) })
 			continue
 		}
 		ready, logs = append(ready, it), append(logs, log)
@@ -398,14 +410,17 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 	}
 }
 
-// remove takes a message the upstream has whole out of the queue (or drops
-// its staged data): the one step that cannot wait.
+// remove takes a message the upstream has whole out of the queue: the one
+// step that cannot wait. A message its door still owns is the door's to
+// discard (Settle).
 func (s *Scheduler) remove(it *item, log zerolog.Logger) {
-	wasStaged, err := s.settle(it, true)
-	if err == nil && !wasStaged {
-		err = s.q.Delete(it.msg.ID)
+	s.mu.Lock()
+	door := it.staged != nil || it.withdrawn
+	s.mu.Unlock()
+	if door {
+		return
 	}
-	if err != nil {
+	if err := s.q.Delete(it.msg.ID); err != nil {
 		log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
 		return
 	}
@@ -414,22 +429,22 @@ func (s *Scheduler) remove(it *item, log zerolog.Logger) {
 
 // fileDelivery files one message's outcome from a batch.
 func (s *Scheduler) fileDelivery(ctx context.Context, it *item, log zerolog.Logger, d upstream.Delivery, started time.Time) {
-	if ctx.Err() != nil && d.Err != nil {
-		// Cut short by shutdown: not a failure of the message.
-		if _, err := s.settle(it, false); err != nil {
-			s.dropLost(it, log, err)
+	whole := d.Err == nil && (d.Result == nil || len(d.Result.Refused) == 0)
+	interrupted := ctx.Err() != nil && d.Err != nil
+	s.finish(it, log, whole, func() {
+		if interrupted {
+			// Cut short by shutdown: not a failure of the message.
+			log.Info().Int("attempt", it.msg.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
+			s.release(it, false, Outcome{})
 			return
 		}
-		log.Info().Int("attempt", it.msg.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
-		s.release(it, false, Outcome{})
-		return
-	}
-	var ue *upstream.Error
-	if err := d.Err; err != nil && !errors.As(err, &ue) {
-		ue = &upstream.Error{Stage: "data", Text: err.Error(), Temporary: true, Err: err,
-			Remedy: "An unexpected error; the relay retries by itself."}
-	}
-	s.file(it, log, d.Result, ue, started)
+		var ue *upstream.Error
+		if err := d.Err; err != nil && !errors.As(err, &ue) {
+			ue = &upstream.Error{Stage: "data", Text: err.Error(), Temporary: true, Err: err,
+				Remedy: "An unexpected error; the relay retries by itself."}
+		}
+		s.file(it, log, d.Result, ue, started)
+	})
 }
 
 func (s *Scheduler) saveRetry(m *queue.Message) error {
@@ -444,12 +459,6 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 	ue, res = s.mask(ue), s.maskResult(res)
 	m := it.msg
 	now := s.clock.Now()
-	all := ue == nil && (res == nil || len(res.Refused) == 0)
-	wasStaged, err := s.settle(it, all)
-	if err != nil {
-		s.dropLost(it, log, err)
-		return
-	}
 	port := 0
 	if res != nil {
 		port = res.Port
@@ -512,8 +521,7 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 	}
 	if pending == 0 {
 		if failed == 0 {
-			// A staged message was never committed: settle removed its data.
-			if !wasStaged && !it.removed {
+			if !it.removed {
 				if err := s.q.Delete(m.ID); err != nil {
 					log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
 				}
@@ -682,10 +690,6 @@ func (s *Scheduler) failLocal(it *item, log zerolog.Logger, text string) {
 
 func (s *Scheduler) moveToFailed(it *item, log zerolog.Logger, final queue.Outcome) {
 	m := it.msg
-	if _, err := s.settle(it, false); err != nil {
-		s.dropLost(it, log, err)
-		return
-	}
 	for i := range m.Rcpts {
 		if m.Rcpts[i].Status == queue.Pending {
 			m.Rcpts[i].Status, m.Rcpts[i].Error = queue.Failed, &final

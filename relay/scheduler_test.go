@@ -2,6 +2,11 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -405,4 +410,169 @@ func TestADeliveredMessageLeavesTheQueueBeforeTheNextReply(t *testing.T) {
 	if len(kept) > 0 {
 		t.Fatalf("still queued after their replies were read: %v", kept)
 	}
+}
+
+// stagedMessage stages a message in q as a door does before Submit, due
+// now by clock.
+func stagedMessage(t *testing.T, q *queue.Queue, clock *fakeClock, subject string) (*queue.Message, *queue.Staged) {
+	t.Helper()
+	m := &queue.Message{From: "me@icloud.com", Rcpts: []queue.Recipient{{Addr: "a@example.com", Status: queue.Pending}}, NextAttempt: clock.Now()}
+	st, err := q.Stage(m, strings.NewReader("Subject: "+subject+"\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, st
+}
+
+// closed waits (in real time, generously) for ch to be closed.
+func closed(t *testing.T, what string, ch <-chan struct{}) {
+	t.Helper()
+	if ch == nil {
+		t.Fatalf("%s: no channel", what)
+	}
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("never: %s", what)
+	}
+}
+
+func filesOf(t *testing.T, q *queue.Queue, id string) []string {
+	t.Helper()
+	var got []string
+	for _, area := range []string{"active", "failed"} {
+		found, _ := filepath.Glob(filepath.Join(q.Dir(), area, id+".*"))
+		for _, f := range found {
+			got = append(got, area+"/"+filepath.Base(f))
+		}
+	}
+	sort.Strings(got)
+	return got
+}
+
+// A staged message is its door's until the door settles it: a worker
+// sends it meanwhile but never commits, discards or files it; the door
+// commits (or discards what the upstream took whole), then the attempt's
+// result is filed.
+func TestAStagedMessageHasOneOwner(t *testing.T) {
+	t.Run("attempt failed first: nothing on disk until the door commits", func(t *testing.T) {
+		s, _, clock, q := schedulerWith(t, func(string) error { return temporary(upstream.StageData, 451, "later") })
+		m, st := stagedMessage(t, q, clock, "fails")
+		closed(t, "the attempt", s.Submit(m, st))
+		if got := filesOf(t, q, m.ID); strings.Join(got, " ") != "active/"+m.ID+".eml" {
+			t.Fatalf("the worker settled a message its door owns: %v", got)
+		}
+		o, err := s.Settle(m.ID)
+		if err != nil || o.Delivered || o.Refusal != nil {
+			t.Fatalf("settle: %+v %v, want queued", o, err)
+		}
+		got, err := q.Get(m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Attempts != 1 || !got.NextAttempt.After(clock.Now()) || got.LastError() == nil {
+			t.Fatalf("the attempt was not filed after the commit: %+v", got)
+		}
+	})
+	t.Run("delivered first: discarded, never committed", func(t *testing.T) {
+		s, _, clock, q := schedulerWith(t, func(string) error { return nil })
+		m, st := stagedMessage(t, q, clock, "fast")
+		closed(t, "the attempt", s.Submit(m, st))
+		o, err := s.Settle(m.ID)
+		if err != nil || !o.Delivered {
+			t.Fatalf("settle: %+v %v, want delivered", o, err)
+		}
+		if got := filesOf(t, q, m.ID); len(got) != 0 {
+			t.Fatalf("left: %v", got)
+		}
+		if err := q.Commit(st, m); !errors.Is(err, queue.ErrDiscarded) {
+			t.Fatalf("the staged data was not discarded: %v", err)
+		}
+	})
+	t.Run("refused first: committed, then failed", func(t *testing.T) {
+		s, _, clock, q := schedulerWith(t, func(string) error { return temporary(upstream.StageData, 554, "no") })
+		m, st := stagedMessage(t, q, clock, "refused")
+		closed(t, "the attempt", s.Submit(m, st))
+		o, err := s.Settle(m.ID)
+		if err != nil || o.Refusal == nil || o.Refusal.Code != 554 {
+			t.Fatalf("settle: %+v %v, want the refusal", o, err)
+		}
+		if got := filesOf(t, q, m.ID); strings.Join(got, " ") != "failed/"+m.ID+".eml failed/"+m.ID+".json" {
+			t.Fatalf("files: %v", got)
+		}
+	})
+	t.Run("door commits mid-attempt: the worker files after", func(t *testing.T) {
+		release := make(chan struct{})
+		s, up, clock, q := schedulerWith(t, func(string) error { <-release; return nil })
+		m, st := stagedMessage(t, q, clock, "slow")
+		s.Submit(m, st)
+		waitFor(t, "the attempt to start", func() bool { up.mu.Lock(); defer up.mu.Unlock(); return len(up.sent) == 1 })
+		o, err := s.Settle(m.ID) // the window ran out
+		if err != nil || o.Delivered {
+			t.Fatalf("settle: %+v %v, want queued", o, err)
+		}
+		if _, err := q.Get(m.ID); err != nil {
+			t.Fatalf("not committed: %v", err)
+		}
+		close(release)
+		waitFor(t, "the delivered message removed", func() bool { return len(filesOf(t, q, m.ID)) == 0 && s.Len() == 0 })
+	})
+	t.Run("the door cannot store it mid-attempt: nothing is left, nothing filed", func(t *testing.T) {
+		release := make(chan struct{})
+		s, up, clock, q := schedulerWith(t, func(string) error { <-release; return temporary(upstream.StageData, 451, "later") })
+		m, st := stagedMessage(t, q, clock, "nospace")
+		s.Submit(m, st)
+		waitFor(t, "the attempt to start", func() bool { up.mu.Lock(); defer up.mu.Unlock(); return len(up.sent) == 1 })
+		tmp := filepath.Join(q.Dir(), "tmp")
+		os.RemoveAll(tmp)
+		os.WriteFile(tmp, nil, 0o600) // the metadata's temp file cannot be made
+		if _, err := s.Settle(m.ID); err == nil {
+			t.Fatal("settle stored a message the queue could not take")
+		}
+		close(release)
+		waitFor(t, "the scheduler to forget it", func() bool { return s.Len() == 0 })
+		up.attempts(t, 1)
+		up.none(t) // no retry: it is not queued
+		if got := filesOf(t, q, m.ID); len(got) != 0 {
+			t.Fatalf("left: %v", got)
+		}
+	})
+	t.Run("door and worker race: each message ends once", func(t *testing.T) {
+		s, up, clock, q := schedulerWith(t, func(subject string) error {
+			time.Sleep(time.Duration(len(subject)%3) * time.Millisecond)
+			if strings.HasSuffix(subject, "7") {
+				return temporary(upstream.StageData, 451, "later")
+			}
+			return nil
+		})
+		var wg sync.WaitGroup
+		for i := range 60 {
+			m, st := stagedMessage(t, q, clock, fmt.Sprintf("race-%d", i))
+			tried := s.Submit(m, st)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				select { // the window: 0-2 ms
+				case <-tried:
+				case <-time.After(time.Duration(i%3) * time.Millisecond):
+				}
+				if _, err := s.Settle(m.ID); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		waitFor(t, "only the retried messages queued", func() bool {
+			act, _ := q.Active()
+			return len(act) == 6 && s.Len() == 6
+		})
+		if failed, _ := q.Failed(); len(failed) != 0 {
+			t.Fatalf("%d failed", len(failed))
+		}
+		up.mu.Lock()
+		defer up.mu.Unlock()
+		if len(up.sent) != 60 {
+			t.Fatalf("%d attempts for 60 messages", len(up.sent))
+		}
+	})
 }

@@ -273,32 +273,32 @@ func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	if err != nil {
 		return ss.intakeFailed(err), true
 	}
-	ch := s.sched.Submit(m, st)
-	if ch != nil {
+	tried := s.sched.Submit(m, st)
+	if st == nil {
+		return queuedReply(m), false
+	}
+	// The session owns the staged message until it settles it: at the
+	// first attempt's end, or when the window runs out.
+	if tried != nil {
 		t := time.NewTimer(s.cfg.SyncWindow)
 		defer t.Stop()
 		select {
-		case o := <-ch:
-			if reply := s.outcomeReply(m, o); reply != nil {
-				return reply, false
-			}
+		case <-tried:
 		case <-t.C:
 		}
 	}
-	if st != nil {
-		if err := s.sched.Commit(m.ID); err != nil {
-			return ss.intakeFailed(err), true
-		}
-		// The attempt may have ended while the message was committed.
-		select {
-		case o := <-ch:
-			if reply := s.outcomeReply(m, o); reply != nil {
-				return reply, false
-			}
-		default:
-		}
+	o, err := s.sched.Settle(m.ID)
+	if err != nil {
+		return ss.intakeFailed(err), true
 	}
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}, false
+	if reply := s.outcomeReply(m, o); reply != nil {
+		return reply, false
+	}
+	return queuedReply(m), false
+}
+
+func queuedReply(m *queue.Message) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Queued as " + m.ID + "; delivery continues in the background"}
 }
 
 // intakeFailed logs why a message could not be taken and returns the
@@ -355,8 +355,6 @@ func (s *Server) outcomeReply(m *queue.Message, o Outcome) *smtp.SMTPError {
 		return o.Refusal.SMTPReply()
 	case o.Delivered:
 		return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "Delivered to iCloud (" + m.ID + ")"}
-	case o.Lost != nil:
-		return storeFailed(o.Lost)
 	case len(o.Refused) > 0:
 		// SMTP has no way to refuse a recipient after the data: the 250
 		// says who did not get it (a failure notice follows if configured).

@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -261,4 +263,75 @@ func TestFailOrder(t *testing.T) {
 		"syncdir failed",
 		"remove active/"+m.ID+".json",
 		"syncdir active")
+}
+
+// A staged message is settled once: a second Commit or Discard repeats the
+// first answer and touches no file (at most one set of fsyncs).
+func TestSettlingTwice(t *testing.T) {
+	stage := func(t *testing.T, q *Queue) (*Staged, *Message) {
+		t.Helper()
+		m := newMsg()
+		st, err := q.Stage(m, strings.NewReader("Subject: s\r\n\r\nbody\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st, m
+	}
+	t.Run("commit, commit, discard", func(t *testing.T) {
+		q, r := recorded(t)
+		st, m := stage(t, q)
+		if err := q.Commit(st, m); err != nil {
+			t.Fatal(err)
+		}
+		r.steps()
+		if err := q.Commit(st, m); err != nil {
+			t.Fatalf("second commit: %v", err)
+		}
+		if err := q.Discard(st); !errors.Is(err, ErrCommitted) {
+			t.Fatalf("discard after commit: %v, want ErrCommitted", err)
+		}
+		if log := r.steps(); len(log) != 0 {
+			t.Fatalf("settling again touched files:\n%s", strings.Join(log, "\n"))
+		}
+		if _, err := q.Get(m.ID); err != nil {
+			t.Fatalf("the committed message is gone: %v", err)
+		}
+	})
+	t.Run("discard, commit", func(t *testing.T) {
+		q, r := recorded(t)
+		st, m := stage(t, q)
+		if err := q.Discard(st); err != nil {
+			t.Fatal(err)
+		}
+		r.steps()
+		if err := q.Commit(st, m); !errors.Is(err, ErrDiscarded) {
+			t.Fatalf("commit after discard: %v, want ErrDiscarded", err)
+		}
+		if err := q.Discard(st); err != nil {
+			t.Fatalf("second discard: %v", err)
+		}
+		if log := r.steps(); len(log) != 0 {
+			t.Fatalf("settling again touched files:\n%s", strings.Join(log, "\n"))
+		}
+	})
+	t.Run("failed commit, commit", func(t *testing.T) {
+		q, r := recorded(t)
+		st, m := stage(t, q)
+		os.RemoveAll(q.tmp)
+		os.WriteFile(q.tmp, nil, 0o600) // the metadata's temp file cannot be made
+		first := q.Commit(st, m)
+		if first == nil {
+			t.Fatal("commit succeeded without a tmp directory")
+		}
+		r.steps()
+		if err := q.Commit(st, m); err != first {
+			t.Fatalf("second commit: %v, want the first answer %v", err, first)
+		}
+		if log := r.steps(); len(log) != 0 {
+			t.Fatalf("settling again touched files:\n%s", strings.Join(log, "\n"))
+		}
+		if left, _ := filepath.Glob(filepath.Join(q.active, "*")); len(left) != 0 {
+			t.Fatalf("a failed commit left %v", left)
+		}
+	})
 }

@@ -11,7 +11,7 @@
 // A message's states, and who may change its files in each (one owner at
 // a time; ARCHITECTURE.md has the whole table):
 //
-//	staged     .eml only            the intake, then the scheduler it is handed to
+//	staged     .eml only            the door that staged it (Commit or Discard, once)
 //	queued     .eml + .json         the scheduler
 //	sending    as queued            one delivery worker
 //	delivered  removed (.json first) —
@@ -209,11 +209,31 @@ func (q *Queue) Enqueue(m *Message, body io.Reader) error {
 }
 
 // Staged is a message whose data is written but not yet durable, and
-// which has no metadata: not yet a message (a restart removes it).
+// which has no metadata: not yet a message (a restart removes it). It is
+// settled once, by Commit or Discard; settling it again repeats the first
+// answer and touches nothing.
 type Staged struct {
-	f  file
-	id string
+	f     file
+	id    string
+	state stagedState
+	err   error // why the commit failed (commitFailed)
 }
+
+type stagedState int
+
+const (
+	staged stagedState = iota
+	committed
+	discarded
+	commitFailed // nothing of it is left
+)
+
+// ErrDiscarded answers a Commit of a staged message already discarded.
+var ErrDiscarded = errors.New("the staged message was discarded")
+
+// ErrCommitted answers a Discard of a staged message already committed:
+// it is a message now, removed only by Delete.
+var ErrCommitted = errors.New("the staged message is committed")
 
 // Stage writes the message data like Enqueue and fills in m, but does not
 // make it durable. Commit makes it a message; Discard drops it. A relay
@@ -298,8 +318,26 @@ func (q *Queue) Rewrite(st *Staged, m *Message, rewrite func(open func() (io.Rea
 }
 
 // Commit makes a staged message durable: the data is synced, then m, its
-// metadata, written. On failure nothing of it is left.
+// metadata, written. On failure nothing of it is left. A second Commit
+// returns the first one's answer (ErrDiscarded after a Discard).
 func (q *Queue) Commit(st *Staged, m *Message) error {
+	switch st.state {
+	case committed:
+		return nil
+	case discarded:
+		return ErrDiscarded
+	case commitFailed:
+		return st.err
+	}
+	if st.err = q.commit(st, m); st.err != nil {
+		st.state = commitFailed
+		return st.err
+	}
+	st.state = committed
+	return nil
+}
+
+func (q *Queue) commit(st *Staged, m *Message) error {
 	err := st.f.Sync()
 	if cerr := st.f.Close(); err == nil {
 		err = cerr
@@ -315,8 +353,16 @@ func (q *Queue) Commit(st *Staged, m *Message) error {
 	return nil
 }
 
-// Discard removes a staged message (the upstream has it).
+// Discard removes a staged message (the upstream has it). A Discard after
+// a successful Commit is refused with ErrCommitted and removes nothing.
 func (q *Queue) Discard(st *Staged) error {
+	switch st.state {
+	case committed:
+		return ErrCommitted
+	case discarded, commitFailed:
+		return nil // nothing of it is left
+	}
+	st.state = discarded
 	st.f.Close()
 	if err := q.fs.Remove(q.dataPath(q.active, st.id)); err != nil {
 		return &Error{Op: "delete", ID: st.id, Err: err}
