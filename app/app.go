@@ -17,6 +17,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/internal/certs"
 	"github.com/icloud-relay/icloud-relay/internal/redact"
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay"
 	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
@@ -57,7 +58,11 @@ func New(cfg *config.Config, log zerolog.Logger, red *redact.Redactor) (*App, er
 	}
 	a.q = q
 	a.up = Upstream(cfg, func(e upstream.Event) {
-		log.Debug().Str("stage", string(e.Stage)).Int("port", e.Port).Msg(e.Detail)
+		if e.Switched {
+			logging.PortSwitched(log, e.Err, e.Port)
+			return
+		}
+		log.Debug().Str(logging.KeyStage, string(e.Stage)).Int(logging.KeyPort, e.Port).Msg(e.Detail)
 	})
 	d := cfg.Delivery
 	pol := relay.Policy{

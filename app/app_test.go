@@ -21,6 +21,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/app"
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/logcheck"
 	"github.com/icloud-relay/icloud-relay/internal/testenv"
 	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
@@ -126,6 +127,9 @@ probe_interval = "100ms"
 	t.Cleanup(func() {
 		if strings.Contains(e.logs.String(), testPassword) {
 			t.Errorf("the upstream password appears in the log")
+		}
+		for _, err := range logcheck.Lines(e.logs.String()) {
+			t.Error(err)
 		}
 	})
 	return e

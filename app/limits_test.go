@@ -2,11 +2,13 @@ package app_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
@@ -42,9 +44,9 @@ func TestDailyLimitRefusalHoldsTheQueue(t *testing.T) {
 		_ = reply
 	}
 	time.Sleep(time.Second) // several retry_min periods
-	l := e.logs.lines(map[string]any{"message": "iCloud's daily sending limit reached: deliveries paused until it resets"})
-	if len(l) != 1 || l[0]["remedy"] == nil || l[0]["next_retry"] == nil {
-		t.Fatalf("want one pause line with remedy and resume time, got %v", l)
+	l := e.logs.lines(map[string]any{"message": logging.EvHeld, "class": "hold_daily_limit"})
+	if len(l) != 1 || !strings.Contains(fmt.Sprint(l[0]["remedy"]), "daily sending limit") || l[0]["next_retry"] == nil {
+		t.Fatalf("want one hold line with the daily-limit remedy and resume time, got %v", l)
 	}
 	q, _ := queue.Open(e.cfg.Queue.Dir)
 	if act, _ := q.Active(); len(act) != 3 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/internal/redact"
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
@@ -107,14 +108,18 @@ func (p *Program) Reload() error {
 	cfg, err := config.Load(p.path)
 	if err != nil {
 		log := p.Log()
-		log.Error().Err(err).Msg("config reload refused: the file has errors; the relay keeps running with the old config")
+		log.Error().Err(err).Str(logging.KeyStage, "config").
+			Str(logging.KeyRemedy, "Fix the config file at the line named, then reload again (icloud-relay reload, or SIGHUP).").
+			Msg("config reload refused: the file has errors; the relay keeps running with the old config")
 		return err
 	}
 	cfg.AddSecrets(p.red) // before anything of the new config can be logged
 	log, closer, err := p.logs(cfg)
 	if err != nil {
 		old := p.Log()
-		old.Error().Err(err).Msg("config reload refused: the new log settings cannot be used; the relay keeps running with the old config")
+		old.Error().Err(err).Str(logging.KeyStage, "config").
+			Str(logging.KeyRemedy, "Fix the [log] section (is the log file's directory writable by the relay?), then reload again.").
+			Msg("config reload refused: the new log settings cannot be used; the relay keeps running with the old config")
 		return err
 	}
 	p.mu.Lock()

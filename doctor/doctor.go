@@ -45,6 +45,7 @@ type Step struct {
 	Detail       string  `json:"detail"`
 	Remedy       string  `json:"remedy,omitempty"`
 	Stage        string  `json:"stage,omitempty"`
+	Class        string  `json:"class,omitempty"` // what the failure means for delivery (upstream.Class)
 	Port         int     `json:"port,omitempty"`
 	Code         int     `json:"smtp_code,omitempty"`
 	EnhancedCode string  `json:"enhanced_code,omitempty"`
@@ -75,9 +76,7 @@ func (r *run) failure(name string, err error, took time.Duration) {
 	var ue *upstream.Error
 	if errors.As(err, &ue) {
 		s.Detail, s.Remedy, s.Stage, s.Port, s.Code, s.EnhancedCode = ue.Text, ue.Remedy, string(ue.Stage), ue.Port, ue.Code, ue.EnhancedCode
-		if ue.Temporary && ue.Stage != upstream.StageAuth {
-			s.Detail += " (temporary)"
-		}
+		s.Class = string(ue.Class)
 	}
 	r.add(s)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 )
 
@@ -116,16 +117,16 @@ func (in *Intake) Stage(env Envelope, r io.Reader) (*queue.Message, *queue.Stage
 		return nil, nil, err
 	}
 	m.EightBit = cr.eightBit // known once the data is read
-	log := in.log.With().Str("queue_id", m.ID).Logger()
-	log.Info().Str("client", env.Client).Str("from", m.From).Int("rcpts", len(m.Rcpts)).Int64("size", m.Size).Msg("message accepted")
+	m.MessageID = ed.messageID
+	logging.Accepted(in.log, m, env.Client)
 	if env.From != m.From {
-		log.Info().Str("from", env.From).Str("rewritten_to", m.From).Msg("envelope sender rewritten (sender.rewrite)")
+		logging.EnvelopeRewritten(in.log, m, env.From)
 	}
 	if ed.fromRewritten != "" {
-		log.Info().Str("from", ed.fromRewritten).Str("rewritten_to", in.cfg.Sender.Address).Msg("From header rewritten (sender.rewrite = header); the original is in Reply-To unless one was set")
+		logging.FromRewritten(in.log, m, ed.fromRewritten, in.cfg.Sender.Address)
 	}
 	if ed.signedKept {
-		log.Warn().Str("stage", "accept").Str("remedy", "The message is DKIM-signed, so its From was left alone; iCloud may refuse it. Send from your iCloud address.").Msg("From header not rewritten: signed message")
+		in.log.Warn().Str(logging.KeyQueueID, m.ID).Str(logging.KeyStage, "accept").Str(logging.KeyRemedy, "The message is DKIM-signed, so its From was left alone; iCloud may refuse it. Send from your iCloud address.").Msg("From header not rewritten: signed message")
 	}
 	return m, st, nil
 }

@@ -2,10 +2,10 @@ package relay
 
 import (
 	"encoding/json"
-	"regexp"
 	"sort"
 	"time"
 
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
@@ -75,13 +75,6 @@ func (c *sendCounter) frees(now time.Time) time.Time {
 	return time.Unix(keys[0], 0).Add(day + bucket)
 }
 
-// dailyLimitText recognises a refusal for the sending limit.
-var dailyLimitText = regexp.MustCompile(`(?i)(daily|per day|24 ?h|quota|sending limit|rate limit).*(limit|exceed|reached)|(limit|exceed|reached).*(daily|per day|24 ?h|quota)`)
-
-func isDailyLimit(e *upstream.Error) bool {
-	return e != nil && e.Code >= 400 && dailyLimitText.MatchString(e.Text)
-}
-
 func (s *Scheduler) loadCounter() {
 	b, err := s.q.LoadState(stateFile)
 	if err == nil && b != nil {
@@ -131,7 +124,7 @@ func (s *Scheduler) saveCounter() {
 	s.sent.dirty, s.sent.savedAt = false, s.clock.Now()
 	s.mu.Unlock()
 	if err := s.q.SaveState(stateFile, b); err != nil {
-		s.log.Warn().Err(err).Str("stage", "queue").Msg("cannot save the sending counter")
+		s.log.Warn().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("cannot save the sending counter")
 	}
 }
 
@@ -145,9 +138,6 @@ func (s *Scheduler) dailyLimitPause(e *upstream.Error) time.Time {
 	}
 	s.pausedUntil = s.sent.frees(now)
 	msgs, rcpts := s.sent.totals(now)
-	ev := s.log.Error()
-	withError(ev, e).Time("next_retry", s.pausedUntil).Int("sent_today", msgs).Int("recipients_today", rcpts)
-	ev.Str("remedy", "iCloud's daily sending limit is reached (about 1,000 messages or recipients a day). Messages stay queued and go out when the limit resets; spread large mailings over several days.").
-		Msg("iCloud's daily sending limit reached: deliveries paused until it resets")
+	logging.Held(s.log, e, s.pausedUntil, msgs, rcpts)
 	return s.pausedUntil
 }

@@ -84,7 +84,8 @@ type edits struct {
 	fromRewritten  string // the original From header, when rewritten
 	addedDate      bool
 	addedMessageID bool
-	signedKept     bool // a DKIM-signed message whose From was left alone
+	messageID      string // the Message-ID header's value, as found or added
+	signedKept     bool   // a DKIM-signed message whose From was left alone
 }
 
 // intakeBuffers are the buffers one incoming message passes through. The
@@ -224,6 +225,10 @@ read:
 	signed := has("dkim-signature")
 	for i, fs := range fields {
 		f := string(rawBytes[fs.start:fs.end])
+		if names[i] == "message-id" && ed.messageID == "" {
+			_, v, _ := strings.Cut(f, ":")
+			ed.messageID = strings.Join(strings.Fields(v), " ")
+		}
 		if names[i] == "from" && in.policy.Mode == RewriteHeader {
 			if nf, orig, ok := rewriteFrom(f, in.policy); ok {
 				if signed {
@@ -245,7 +250,8 @@ read:
 		ed.addedDate = true
 	}
 	if !has("message-id") {
-		fmt.Fprintf(out, "Message-ID: <%s.%s@%s>\r\n", in.now.UTC().Format("20060102150405"), randomHex(6), domainOf(in.policy.Address))
+		ed.messageID = fmt.Sprintf("<%s.%s@%s>", in.now.UTC().Format("20060102150405"), randomHex(6), domainOf(in.policy.Address))
+		fmt.Fprintf(out, "Message-ID: %s\r\n", ed.messageID)
 		ed.addedMessageID = true
 	}
 	out.WriteString("\r\n")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
@@ -183,7 +184,7 @@ func (s *Scheduler) Settle(id string) (Outcome, error) {
 	s.mu.Unlock()
 	if p != nil && p.whole {
 		if err := s.q.Discard(st); err != nil {
-			s.log.Warn().Err(err).Str("queue_id", id).Str("stage", "queue").Msg("delivered, but its staged data could not be removed")
+			s.log.Warn().Err(err).Str("queue_id", id).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("delivered, but its staged data could not be removed")
 		}
 		it.removed = true
 	} else if err := s.q.Commit(st, it.snapshot); err != nil {
@@ -224,7 +225,7 @@ func (s *Scheduler) finish(it *item, log zerolog.Logger, whole bool, file func()
 		s.changedLocked()
 		s.mu.Unlock()
 		if whole {
-			log.Warn().Str("stage", "queue").Msg("delivered, but its client was told to send it again (it could not be stored): the recipients may get it twice")
+			log.Warn().Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("delivered, but its client was told to send it again (it could not be stored): the recipients may get it twice")
 		}
 		return
 	case it.staged != nil:
@@ -377,8 +378,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 		m.Attempts++
 		m.NextAttempt = now.Add(Backoff(m.Attempts, s.pol.RetryMin, s.pol.RetryMax, rand.Float64()))
 		if err := s.saveRetry(m); err != nil {
-			log.Error().Err(err).Str("stage", "queue").Int("attempt", m.Attempts).
-				Str("remedy", "The queue directory cannot be written: check free disk space and permissions of queue.dir.").
+			log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Int("attempt", m.Attempts).
 				Msg("cannot record delivery attempt; will retry")
 			s.finish(it, log, false, func() { s.release(it, false, Outcome{}) })
 			continue
@@ -421,7 +421,7 @@ func (s *Scheduler) remove(it *item, log zerolog.Logger) {
 		return
 	}
 	if err := s.q.Delete(it.msg.ID); err != nil {
-		log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
+		log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
 		return
 	}
 	it.removed = true
@@ -440,8 +440,7 @@ func (s *Scheduler) fileDelivery(ctx context.Context, it *item, log zerolog.Logg
 		}
 		var ue *upstream.Error
 		if err := d.Err; err != nil && !errors.As(err, &ue) {
-			ue = &upstream.Error{Stage: "data", Text: err.Error(), Temporary: true, Err: err,
-				Remedy: "An unexpected error; the relay retries by itself."}
+			ue = upstream.Classify(upstream.StageData, 0, err)
 		}
 		s.file(it, log, d.Result, ue, started)
 	})
@@ -475,8 +474,9 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		}
 		switch {
 		case rerr != nil:
+			logging.RecipientRefused(s.log, m, r.Addr, rerr)
 			r.Error = outcome(rerr, now)
-			if !rerr.Temporary && !isDailyLimit(rerr) {
+			if rerr.Class == upstream.Permanent {
 				r.Status = queue.Failed
 			}
 		case ue == nil:
@@ -487,9 +487,9 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 			r.Error = outcome(ue, now)
 		default:
 			r.Error = outcome(ue, now)
-			// A refused login or the daily limit is about the account, not
-			// this message: it waits instead of failing.
-			if !ue.Temporary && !ue.AccountProblem() && !isDailyLimit(ue) {
+			// Only a permanent refusal is about this message: the other
+			// classes hold it (see upstream.Class).
+			if ue.Class == upstream.Permanent {
 				r.Status = queue.Failed
 			}
 		}
@@ -523,21 +523,19 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		if failed == 0 {
 			if !it.removed {
 				if err := s.q.Delete(m.ID); err != nil {
-					log.Error().Err(err).Str("stage", "queue").Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
+					log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("delivered, but could not remove the message from the queue; it may be sent again after a restart")
 				}
 			}
-			log.Info().Int("port", port).Int("attempt", m.Attempts).Int("rcpts", delivered).Dur("took", took).Msg("delivered")
+			logging.Delivered(s.log, m, port, took)
 			s.release(it, true, Outcome{Delivered: true})
 			return
 		}
 		final := *outcome(firstFail, now)
 		if err := s.q.Fail(m, final); err != nil {
-			log.Error().Err(err).Str("stage", "queue").Msg("cannot move the message to the failed area")
+			log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("cannot move the message to the failed area")
 		}
 		s.reportFailure(m, log)
-		ev := log.Error()
-		withError(ev, firstFail).Int("attempt", m.Attempts).Int("delivered", delivered).Int("failed", failed)
-		ev.Msg("delivery failed permanently; message moved to the failed area")
+		logging.Failed(s.log, m, firstFail, delivered, failed)
 		o := Outcome{}
 		if delivered == 0 {
 			o.Refusal = firstFail
@@ -562,50 +560,51 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		}
 	}
 	resume := s.upstreamState(cause)
-	if isDailyLimit(cause) {
-		resume = s.dailyLimitPause(cause)
-	}
 	if resume.After(m.NextAttempt) {
 		m.NextAttempt = resume
 	}
 	if err := s.q.Update(m); err != nil {
-		log.Error().Err(err).Str("stage", "queue").Msg("cannot record the delivery attempt")
+		log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("cannot record the delivery attempt")
 	}
-	ev := log.Warn()
-	withError(ev, cause).Int("attempt", m.Attempts).Time("next_retry", m.NextAttempt).
-		Int("delivered", delivered).Int("pending", pending)
-	ev.Msg("delivery failed; will retry")
+	logging.AttemptFailed(s.log, m, cause, delivered, pending)
 	s.release(it, false, Outcome{})
 }
 
-// upstreamState pauses or marks the upstream down when the failure is about
-// the account or the whole server, logging once per change of state. It
-// returns when paused deliveries resume (zero when not paused).
+// upstreamState acts on a failure whose class is about the account or the
+// whole server, not the message (see upstream.Class), logging once per
+// change of state. It returns when held deliveries resume (zero when not
+// held).
 func (s *Scheduler) upstreamState(e *upstream.Error) time.Time {
 	if e == nil {
 		return time.Time{}
 	}
+	switch e.Class {
+	case upstream.HoldDailyLimit:
+		return s.dailyLimitPause(e)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.clock.Now()
-	switch {
-	case e.AccountProblem() && !now.Before(s.pausedUntil):
-		s.pausedUntil = now.Add(s.pol.AuthPause)
-		ev := s.log.Error()
-		withError(ev, e).Time("next_retry", s.pausedUntil)
-		ev.Msg("iCloud refused the login: all deliveries paused (messages stay queued); fix the password or username and restart, or wait")
-	case e.Stage == upstream.StageAuth && e.Temporary:
-		// Refused for now, e.g. too many logins: back off as a whole.
-		s.pausedUntil = now.Add(s.pol.RetryMin)
-	case e.Unreachable() && s.down == nil:
-		s.down = e
-		select {
-		case s.wentDown <- struct{}{}:
-		default:
+	switch e.Class {
+	case upstream.PauseAccount:
+		if !now.Before(s.pausedUntil) {
+			s.pausedUntil = now.Add(s.pol.AuthPause)
+			logging.Paused(s.log, e, s.pausedUntil)
 		}
-		ev := s.log.Warn()
-		withError(ev, e).Dur("probe_every", s.pol.ProbeInterval)
-		ev.Msg("upstream unreachable: queued messages wait and are sent as soon as a probe sees it again")
+	case upstream.Throttled:
+		// Refused for now, e.g. too many logins: back off as a whole.
+		if until := now.Add(s.pol.RetryMin); until.After(s.pausedUntil) {
+			s.pausedUntil = until
+		}
+	case upstream.Unreachable:
+		if s.down == nil {
+			s.down = e
+			select {
+			case s.wentDown <- struct{}{}:
+			default:
+			}
+			logging.Unreachable(s.log, e, s.pol.ProbeInterval)
+		}
 	}
 	return s.pausedUntil
 }
@@ -663,28 +662,29 @@ func (s *Scheduler) probeUntilUp(ctx context.Context) bool {
 		n := len(s.items)
 		s.changedLocked()
 		s.mu.Unlock()
-		s.log.Info().Int("queued", n).Msg("upstream reachable again: delivering queued messages now")
+		logging.Resumed(s.log, n)
 		return true
 	}
 }
 
 func (s *Scheduler) expire(it *item, log zerolog.Logger) {
 	m := it.msg
-	final := queue.Outcome{Time: s.clock.Now(), Stage: "queue",
-		Text:   fmt.Sprintf("gave up after %d attempts over %s", m.Attempts, s.pol.MaxAge),
-		Remedy: "The message could not be delivered in time; the log lines before this one say why. Send it again once the cause is fixed."}
+	final := queue.Outcome{Time: s.clock.Now(), Stage: "queue", Class: string(upstream.GivenUp),
+		Text: fmt.Sprintf("given up after %d attempts over %s", m.Attempts, s.pol.MaxAge)}
+	why := "The log lines before this one say why it failed."
 	if last := m.LastError(); last != nil {
 		final.Stage, final.Port, final.Code, final.EnhancedCode = last.Stage, last.Port, last.Code, last.EnhancedCode
 		final.Text += "; last error: " + last.Text
-		if last.Remedy != "" {
-			final.Remedy = last.Remedy
+		if last.Advice != "" {
+			final.Advice, why = last.Advice, last.Advice
 		}
 	}
+	final.Remedy = fmt.Sprintf("The relay stopped retrying this message after delivery.max_age (%s). %s Once the cause is fixed, send it again, or put it back in the queue: icloud-relay queue requeue %s", s.pol.MaxAge, why, m.ID)
 	s.moveToFailed(it, log, final)
 }
 
 func (s *Scheduler) failLocal(it *item, log zerolog.Logger, text string) {
-	s.moveToFailed(it, log, queue.Outcome{Time: s.clock.Now(), Stage: "queue", Text: text,
+	s.moveToFailed(it, log, queue.Outcome{Time: s.clock.Now(), Stage: "queue", Text: text, Class: string(upstream.Permanent),
 		Remedy: "The queued copy is damaged; the message cannot be sent. Send it again."})
 }
 
@@ -696,12 +696,16 @@ func (s *Scheduler) moveToFailed(it *item, log zerolog.Logger, final queue.Outco
 		}
 	}
 	if err := s.q.Fail(m, final); err != nil {
-		log.Error().Err(err).Str("stage", "queue").Msg("cannot move the message to the failed area")
+		log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("cannot move the message to the failed area")
 	}
 	s.reportFailure(m, log)
-	log.Error().Str("stage", final.Stage).Int("port", final.Port).Int("smtp_code", final.Code).
-		Str("enhanced_code", final.EnhancedCode).Int("attempt", m.Attempts).Str("remedy", final.Remedy).
-		Str("error", final.Text).Msg("message moved to the failed area")
+	delivered := 0
+	for _, r := range m.Rcpts {
+		if r.Status == queue.Delivered {
+			delivered++
+		}
+	}
+	logging.Failed(s.log, m, fromOutcome(&final), delivered, len(m.Rcpts)-delivered)
 	s.release(it, true, Outcome{})
 }
 
@@ -740,7 +744,7 @@ func (s *Scheduler) reportFailure(m *queue.Message, log zerolog.Logger) {
 		err = s.q.Commit(st, n)
 	}
 	if err != nil {
-		log.Error().Err(err).Str("stage", "queue").Msg("cannot queue the failure notice")
+		log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("cannot queue the failure notice")
 		return
 	}
 	log.Info().Str("notice_id", n.ID).Str("to", s.pol.NoticeTo).Msg("failure notice queued")
@@ -748,24 +752,6 @@ func (s *Scheduler) reportFailure(m *queue.Message, log zerolog.Logger) {
 	s.items[n.ID] = &item{msg: n}
 	s.changedLocked()
 	s.mu.Unlock()
-}
-
-// withError adds the contract's failure fields to a log event.
-func withError(ev *zerolog.Event, e *upstream.Error) *zerolog.Event {
-	if e == nil {
-		return ev
-	}
-	ev.Str("stage", string(e.Stage))
-	if e.Port != 0 {
-		ev.Int("port", e.Port)
-	}
-	if e.Code != 0 {
-		ev.Int("smtp_code", e.Code)
-	}
-	if e.EnhancedCode != "" {
-		ev.Str("enhanced_code", e.EnhancedCode)
-	}
-	return ev.Str("error", e.Text).Str("remedy", e.Remedy)
 }
 
 // mask returns e with the secrets in the server's text masked.
@@ -795,13 +781,22 @@ func (s *Scheduler) maskResult(res *upstream.Result) *upstream.Result {
 
 func outcome(e *upstream.Error, now time.Time) *queue.Outcome {
 	return &queue.Outcome{Time: now, Stage: string(e.Stage), Port: e.Port, Code: e.Code,
-		EnhancedCode: e.EnhancedCode, Text: e.Text, Remedy: e.Remedy, Temporary: e.Temporary}
+		EnhancedCode: e.EnhancedCode, Text: e.Text, Class: string(e.Class), Advice: e.Advice, Remedy: e.Remedy}
 }
 
+// fromOutcome is the failure a record describes, with the class decided
+// when it happened.
 func fromOutcome(o *queue.Outcome) *upstream.Error {
 	if o == nil {
-		return &upstream.Error{Stage: "queue", Text: "unknown", Temporary: true}
+		return &upstream.Error{Stage: "queue", Text: "unknown", Class: upstream.Retry}
+	}
+	class := upstream.Class(o.Class)
+	if class == "" { // a record from before classes were saved
+		class = upstream.Permanent
+		if o.Temporary {
+			class = upstream.Retry
+		}
 	}
 	return &upstream.Error{Stage: upstream.Stage(o.Stage), Port: o.Port, Code: o.Code,
-		EnhancedCode: o.EnhancedCode, Text: strings.TrimSpace(o.Text), Remedy: o.Remedy, Temporary: o.Temporary}
+		EnhancedCode: o.EnhancedCode, Text: strings.TrimSpace(o.Text), Class: class, Advice: o.Advice, Remedy: o.Remedy}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
 	"github.com/icloud-relay/icloud-relay/relay/queue"
@@ -191,8 +192,10 @@ func schedulerWith(t *testing.T, answer func(string) error, subjects ...string) 
 	return s, up, clock, q
 }
 
-func temporary(stage upstream.Stage, code int, text string) *upstream.Error {
-	return &upstream.Error{Stage: stage, Code: code, Text: text, Temporary: code < 500}
+// replied is the upstream answering code and text at stage, classified as
+// the client classifies it.
+func replied(stage upstream.Stage, code int, text string) *upstream.Error {
+	return upstream.Classify(stage, 0, &smtp.SMTPError{Code: code, Message: text})
 }
 
 // waitFor polls cond in real time (the scheduler runs in goroutines).
@@ -226,7 +229,7 @@ func TestMessagesThatFailTogetherRetryApart(t *testing.T) {
 	for i := 0; i < 24; i++ {
 		subjects = append(subjects, "m"+string(rune('a'+i)))
 	}
-	_, up, _, q := schedulerWith(t, func(string) error { return temporary(upstream.StageData, 451, "busy") }, subjects...)
+	_, up, _, q := schedulerWith(t, func(string) error { return replied(upstream.StageData, 451, "busy") }, subjects...)
 	up.attempts(t, len(subjects))
 	var first, last time.Time
 	waitFor(t, "every failure filed", func() bool {
@@ -256,7 +259,7 @@ func TestMessagesThatFailTogetherRetryApart(t *testing.T) {
 // A message that keeps failing is given up at max_age: it goes to the
 // failed area with a final record that says so and why.
 func TestGiveUpAtMaxAge(t *testing.T) {
-	_, up, clock, q := schedulerWith(t, func(string) error { return temporary(upstream.StageRcpt, 451, "mailbox busy") }, "doomed")
+	_, up, clock, q := schedulerWith(t, func(string) error { return replied(upstream.StageRcpt, 451, "mailbox busy") }, "doomed")
 	up.attempts(t, 1)
 	// Hours of retries up to an hour before max_age: not given up early.
 	for i := 0; i < int(testPolicy.MaxAge/time.Hour)-1; i++ {
@@ -276,8 +279,9 @@ func TestGiveUpAtMaxAge(t *testing.T) {
 	})
 	failed, _ := q.Failed()
 	f := failed[0].Final
-	if f == nil || !strings.Contains(f.Text, "gave up after") || !strings.Contains(f.Text, "mailbox busy") {
-		t.Fatalf("final record: %+v", f)
+	if f == nil || !strings.Contains(f.Text, "given up after") || !strings.Contains(f.Text, "mailbox busy") ||
+		f.Class != string(upstream.GivenUp) || !strings.Contains(f.Remedy, "stopped retrying") || strings.Contains(f.Remedy, "retries by itself") {
+		t.Fatalf("final record: %+v; want it given up, saying so and not that the relay retries", f)
 	}
 	if age := f.Time.Sub(failed[0].Received); age < testPolicy.MaxAge || age > testPolicy.MaxAge+10*time.Minute {
 		t.Fatalf("given up at age %s, want max_age %s", age, testPolicy.MaxAge)
@@ -290,7 +294,7 @@ func TestGiveUpAtMaxAge(t *testing.T) {
 // Even while the upstream is unreachable (nothing is retried, a probe
 // watches), a message reaches the failed area at max_age, on time.
 func TestGiveUpAtMaxAgeWhileUnreachable(t *testing.T) {
-	down := func() error { return temporary(upstream.StageConnect, 0, "connection refused") }
+	down := func() error { return replied(upstream.StageConnect, 0, "connection refused") }
 	_, up, clock, q := schedulerWith(t, func(string) error { return down() }, "stranded")
 	up.mu.Lock()
 	up.probe = down
@@ -303,7 +307,7 @@ func TestGiveUpAtMaxAgeWhileUnreachable(t *testing.T) {
 // burns its retries meanwhile; then deliveries resume.
 func TestRefusedLoginPausesEverything(t *testing.T) {
 	s, up, clock, q := schedulerWith(t, func(string) error {
-		return &upstream.Error{Stage: upstream.StageAuth, Code: 535, EnhancedCode: "5.7.8", Text: "invalid credentials"}
+		return upstream.Classify(upstream.StageAuth, 0, &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "invalid credentials"})
 	}, "first")
 	up.attempts(t, 1)
 	waitFor(t, "the pause in force", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.pausedUntil.After(clock.Now()) })
@@ -326,8 +330,8 @@ func TestRefusedLoginPausesEverything(t *testing.T) {
 func TestDailyLimitHoldsTheQueue(t *testing.T) {
 	for _, stage := range []upstream.Stage{upstream.StageMail, upstream.StageRcpt} {
 		t.Run(string(stage), func(t *testing.T) {
-			limit := &upstream.Error{Stage: stage, Code: 550, EnhancedCode: "5.7.1",
-				Text: "<me@icloud.com>: You have exceeded your daily sending limit. Please try again later."}
+			limit := upstream.Classify(stage, 0, &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+				Message: "<me@icloud.com>: You have exceeded your daily sending limit. Please try again later."})
 			_, up, clock, q := schedulerWith(t, func(string) error { return limit }, "over the limit")
 			up.attempts(t, 1)
 			// Held (an hour at least, when the relay counted none of the
@@ -348,7 +352,7 @@ func TestDailyLimitHoldsTheQueue(t *testing.T) {
 // An unreachable upstream is watched by a probe; the queue waits without
 // burning retries and is sent at once when the probe gets through.
 func TestProbeDrainsTheQueueWhenTheUpstreamIsBack(t *testing.T) {
-	down := func() error { return temporary(upstream.StageConnect, 0, "connection refused") }
+	down := func() error { return replied(upstream.StageConnect, 0, "connection refused") }
 	_, up, clock, q := schedulerWith(t, func(string) error { return down() }, "one", "two", "three")
 	up.mu.Lock()
 	up.probe = down
@@ -456,7 +460,7 @@ func filesOf(t *testing.T, q *queue.Queue, id string) []string {
 // result is filed.
 func TestAStagedMessageHasOneOwner(t *testing.T) {
 	t.Run("attempt failed first: nothing on disk until the door commits", func(t *testing.T) {
-		s, _, clock, q := schedulerWith(t, func(string) error { return temporary(upstream.StageData, 451, "later") })
+		s, _, clock, q := schedulerWith(t, func(string) error { return replied(upstream.StageData, 451, "later") })
 		m, st := stagedMessage(t, q, clock, "fails")
 		closed(t, "the attempt", s.Submit(m, st))
 		if got := filesOf(t, q, m.ID); strings.Join(got, " ") != "active/"+m.ID+".eml" {
@@ -490,7 +494,7 @@ func TestAStagedMessageHasOneOwner(t *testing.T) {
 		}
 	})
 	t.Run("refused first: committed, then failed", func(t *testing.T) {
-		s, _, clock, q := schedulerWith(t, func(string) error { return temporary(upstream.StageData, 554, "no") })
+		s, _, clock, q := schedulerWith(t, func(string) error { return replied(upstream.StageData, 554, "no") })
 		m, st := stagedMessage(t, q, clock, "refused")
 		closed(t, "the attempt", s.Submit(m, st))
 		o, err := s.Settle(m.ID)
@@ -519,7 +523,7 @@ func TestAStagedMessageHasOneOwner(t *testing.T) {
 	})
 	t.Run("the door cannot store it mid-attempt: nothing is left, nothing filed", func(t *testing.T) {
 		release := make(chan struct{})
-		s, up, clock, q := schedulerWith(t, func(string) error { <-release; return temporary(upstream.StageData, 451, "later") })
+		s, up, clock, q := schedulerWith(t, func(string) error { <-release; return replied(upstream.StageData, 451, "later") })
 		m, st := stagedMessage(t, q, clock, "nospace")
 		s.Submit(m, st)
 		waitFor(t, "the attempt to start", func() bool { up.mu.Lock(); defer up.mu.Unlock(); return len(up.sent) == 1 })
@@ -541,7 +545,7 @@ func TestAStagedMessageHasOneOwner(t *testing.T) {
 		s, up, clock, q := schedulerWith(t, func(subject string) error {
 			time.Sleep(time.Duration(len(subject)%3) * time.Millisecond)
 			if strings.HasSuffix(subject, "7") {
-				return temporary(upstream.StageData, 451, "later")
+				return replied(upstream.StageData, 451, "later")
 			}
 			return nil
 		})

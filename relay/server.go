@@ -24,6 +24,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
 
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 )
 
@@ -109,7 +110,7 @@ func (s *Server) listen(addrs []string, implicitTLS bool) error {
 				continue
 			}
 			s.Close()
-			return fmt.Errorf("listen on %s: %w", addr, err)
+			return &ListenError{Addr: addr, Err: err}
 		}
 		var l net.Listener = &accessListener{Listener: ln, srv: s}
 		if implicitTLS {
@@ -118,6 +119,28 @@ func (s *Server) listen(addrs []string, implicitTLS bool) error {
 		s.lns = append(s.lns, l)
 	}
 	return nil
+}
+
+// ListenError is a listen address that cannot be bound.
+type ListenError struct {
+	Addr string
+	Err  error
+}
+
+func (e *ListenError) Error() string { return fmt.Sprintf("listen on %s: %v", e.Addr, e.Err) }
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// Remedy says what to do about it.
+func (e *ListenError) Remedy() string {
+	switch {
+	case errors.Is(e.Err, syscall.EADDRINUSE):
+		return "Another program (or another icloud-relay) already listens on " + e.Addr + ": stop it (is the relay already running as a service?), or set listen.addr to a free port."
+	case errors.Is(e.Err, syscall.EACCES):
+		return "This user may not listen on " + e.Addr + " (ports below 1024 need administrator rights): set listen.addr to a port above 1024, such as 2525."
+	case errors.Is(e.Err, syscall.EADDRNOTAVAIL):
+		return "This machine has no address " + e.Addr + ": set listen.addr to one of its addresses, usually 127.0.0.1:2525."
+	}
+	return "Check listen.addr (and listen.tls_addr): the relay cannot listen there."
 }
 
 // Addr returns the first bound address.
@@ -342,7 +365,7 @@ func (ss *session) intakeFailed(err error) *smtp.SMTPError {
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "The message did not arrive whole; closing"}
 	}
 	s.log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
-		Str("remedy", "The queue directory cannot be written: check free disk space and the permissions of queue.dir.").
+		Str(logging.KeyRemedy, logging.RemedyQueueDir).
 		Msg("cannot store an incoming message; the client was told to retry")
 	return storeFailed(err)
 }

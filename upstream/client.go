@@ -1,12 +1,3 @@
-// Package upstream delivers messages to iCloud's submission server.
-//
-// Invariants: a connection carries the password only after a TLS handshake
-// (1.2 or later) whose certificate chain and host name were verified; there is
-// no plaintext fallback. STARTTLS on the submission port comes first; when
-// that port fails before any SMTP reply after authentication (refused,
-// blackholed, broken TLS), implicit TLS on the other port is tried, and the
-// port that worked is remembered. Every dial, read and write is bounded by a
-// timeout, and every failure is an *Error naming its stage.
 package upstream
 
 import (
@@ -48,6 +39,9 @@ type Config struct {
 	// ReprobeInterval is how long the fallback port stays first before the
 	// STARTTLS port is tried again.
 	ReprobeInterval time.Duration
+	// Resolver looks up Host (nil: the system's). Tests give one that asks
+	// a stand-in name server on loopback.
+	Resolver *net.Resolver
 	// Trace, if set, is told of every stage passed; the demo and doctor show it.
 	Trace func(Event)
 	// Connection reuse: up to MaxIdle logged-in sessions wait up to
@@ -66,6 +60,9 @@ type Event struct {
 	Port   int
 	Detail string
 	Err    *Error // set when the port failed and the other one is tried next
+	// Switched: a delivery's connection works on Port after Err's port
+	// failed; the client keeps using Port (ReprobeInterval).
+	Switched bool
 }
 
 // Message is one delivery: envelope, size and a reader of the raw message.
@@ -351,6 +348,10 @@ func (c *Client) connect(ctx context.Context, full bool) (*session, error) {
 		if err == nil {
 			if full {
 				c.remember(port, i > 0)
+				if i > 0 && c.cfg.Trace != nil {
+					c.cfg.Trace(Event{Stage: first.Stage, Port: port, Err: first, Switched: true,
+						Detail: fmt.Sprintf("port %d failed (%s); port %d works", first.Port, first.Text, port)})
+				}
 			}
 			return s, nil
 		}
@@ -370,7 +371,7 @@ func (c *Client) connect(ctx context.Context, full bool) (*session, error) {
 		both := *first
 		both.Text = fmt.Sprintf("port %d: %s; port %d: %s", first.Port, first.Text, port, err.Text)
 		if blocked(first) && blocked(err) {
-			both.Remedy = fmt.Sprintf("Neither port %d nor port %d works from here: a firewall, VPN, antivirus or the ISP blocks outgoing mail — allow outgoing TCP %d and %d for this program, or try another network.", first.Port, port, first.Port, port)
+			both.advise(fmt.Sprintf("Neither port %d nor port %d works from here: a firewall, VPN, antivirus or the ISP blocks outgoing mail — allow outgoing TCP %d and %d for this program, or try another network.", first.Port, port, first.Port, port))
 		}
 		return nil, &both
 	}
@@ -417,10 +418,10 @@ func (s *session) close() {
 
 func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rerr *Error) {
 	addr := net.JoinHostPort(c.cfg.Host, strconv.Itoa(port))
-	d := net.Dialer{Timeout: c.cfg.ConnectTimeout}
+	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, Resolver: c.cfg.Resolver}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, newError(StageConnect, port, err)
+		return nil, Classify(StageConnect, port, err)
 	}
 	c.trace(StageConnect, port, "connected to %s", addr)
 	s := &session{c: c, port: port, raw: raw}
@@ -435,13 +436,13 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 
 	tlsCfg, err := c.tlsConfig()
 	if err != nil {
-		return nil, newError(StageTLS, port, err)
+		return nil, Classify(StageTLS, port, err)
 	}
 	var tlsConn *tls.Conn
 	if port == c.cfg.TLSPort {
 		tlsConn = tls.Client(conn, tlsCfg)
 		if err := tlsConn.HandshakeContext(ctx); err != nil {
-			return nil, newError(StageTLS, port, err)
+			return nil, Classify(StageTLS, port, err)
 		}
 		c.traceTLS(port, tlsConn)
 		s.client = smtp.NewClient(tlsConn)
@@ -452,7 +453,7 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 				stage = StageGreeting // nothing sent yet: the greeting itself failed
 			}
 			s.client = nil
-			return nil, newError(stage, port, err)
+			return nil, Classify(stage, port, err)
 		}
 		c.trace(StageGreeting, port, "server greeted")
 		c.trace(StageEHLO, port, "EHLO %s accepted", c.cfg.HeloName)
@@ -463,7 +464,7 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 		s.client = smtp.NewClient(&greetedConn{Conn: tlsConn, r: io.MultiReader(strings.NewReader("220 TLS started\r\n"), tlsConn)})
 		if err := s.client.Hello(c.cfg.HeloName); err != nil {
 			s.client = nil
-			return nil, newError(StageEHLO, port, err)
+			return nil, Classify(StageEHLO, port, err)
 		}
 		c.trace(StageEHLO, port, "EHLO %s accepted", c.cfg.HeloName)
 	}
@@ -483,13 +484,13 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 	// Belt and braces: never hand the password to a connection whose
 	// certificate was not verified, whatever the configuration says.
 	if st := tlsConn.ConnectionState(); !st.HandshakeComplete || len(st.VerifiedChains) == 0 {
-		return nil, newError(StageTLS, port, errors.New("TLS connection is not verified; refusing to log in"))
+		return nil, Classify(StageTLS, port, errors.New("TLS connection is not verified; refusing to log in"))
 	}
 	c.pool.mu.Lock()
 	c.pool.logins++
 	c.pool.mu.Unlock()
 	if err := c.auth(s.client); err != nil {
-		return nil, newError(StageAuth, port, err)
+		return nil, Classify(StageAuth, port, err)
 	}
 	c.trace(StageAuth, port, "logged in as %s", c.cfg.Username)
 	return s, nil
@@ -505,22 +506,22 @@ func (c *Client) startTLS(ctx context.Context, conn *timeoutConn, port int, tlsC
 		io.Closer
 	}{io.LimitReader(conn, 64<<10), conn, conn})
 	if _, _, err := tp.ReadResponse(220); err != nil {
-		return nil, newError(StageGreeting, port, eofMeansClosed(err))
+		return nil, Classify(StageGreeting, port, eofMeansClosed(err))
 	}
 	c.trace(StageGreeting, port, "server greeted")
 	_, ext, err := command(tp, 250, "EHLO %s", c.cfg.HeloName)
 	if err != nil {
-		return nil, newError(StageEHLO, port, eofMeansClosed(err))
+		return nil, Classify(StageEHLO, port, eofMeansClosed(err))
 	}
 	if !hasExtension(ext, "STARTTLS") {
-		return nil, newError(StageStartTLS, port, errors.New("the server did not offer STARTTLS; the relay never sends without TLS"))
+		return nil, Classify(StageStartTLS, port, errors.New("the server did not offer STARTTLS; the relay never sends without TLS"))
 	}
 	if _, _, err := command(tp, 220, "STARTTLS"); err != nil {
-		return nil, newError(StageStartTLS, port, eofMeansClosed(err))
+		return nil, Classify(StageStartTLS, port, eofMeansClosed(err))
 	}
 	tlsConn := tls.Client(conn, tlsCfg)
 	if err := tlsConn.HandshakeContext(ctx); err != nil {
-		return nil, newError(StageTLS, port, err)
+		return nil, Classify(StageTLS, port, err)
 	}
 	c.traceTLS(port, tlsConn)
 	return tlsConn, nil
@@ -750,7 +751,7 @@ func (s *session) chunk(t *txn) []byte {
 		err = fmt.Errorf("the message is larger than its size said (%d bytes)", t.m.Size)
 	}
 	if err != nil {
-		t.err = newError(StageData, s.port, err)
+		t.err = Classify(StageData, s.port, err)
 		return nil
 	}
 	content := make([]byte, 0, len(raw)+64)
@@ -783,14 +784,14 @@ func (s *session) readChunked(t *txn) {
 		if err := s.read(250); err != nil {
 			// Out of step if the server said no: the rest cannot be read.
 			s.fail(err)
-			t.err = newError(StageMail, s.port, eofMeansClosed(err))
+			t.err = Classify(StageMail, s.port, eofMeansClosed(err))
 			return
 		}
 	}
 	m := t.m
 	mailErr := s.read(250)
 	if s.broken != nil {
-		t.err = newError(StageMail, s.port, eofMeansClosed(mailErr))
+		t.err = Classify(StageMail, s.port, eofMeansClosed(mailErr))
 		return
 	}
 	t.mailReplied = true
@@ -801,13 +802,13 @@ func (s *session) readChunked(t *txn) {
 		err := s.read(25)
 		switch {
 		case s.broken != nil:
-			t.err = newError(StageRcpt, s.port, eofMeansClosed(err))
+			t.err = Classify(StageRcpt, s.port, eofMeansClosed(err))
 			return
 		case mailErr != nil:
 		case err == nil:
 			s.c.trace(StageRcpt, s.port, "recipient <%s> accepted", rcpt)
 		default:
-			e := newError(StageRcpt, s.port, err)
+			e := Classify(StageRcpt, s.port, err)
 			t.res.Refused[rcpt] = e
 			if t.refusal == nil {
 				t.refusal = e
@@ -818,7 +819,7 @@ func (s *session) readChunked(t *txn) {
 	err := s.read(250)
 	switch {
 	case mailErr != nil:
-		t.err = newError(StageMail, s.port, mailErr)
+		t.err = Classify(StageMail, s.port, mailErr)
 	case len(t.res.Refused) == len(m.To):
 		t.err = t.refusal
 	default:
@@ -847,7 +848,7 @@ func (s *session) begin(t *txn, pipelined bool) {
 func (s *session) check(t *txn) {
 	m := t.m
 	if len(m.To) == 0 {
-		t.err = newError(StageRcpt, s.port, errors.New("the message has no recipients"))
+		t.err = Classify(StageRcpt, s.port, &unsendable{text: "the message has no recipients", advice: "The sending program gave no recipient; fix its configuration."})
 		return
 	}
 	for _, need := range []struct {
@@ -856,16 +857,15 @@ func (s *session) check(t *txn) {
 		what string
 	}{{"SMTPUTF8", m.UTF8, "non-ASCII addresses (SMTPUTF8)"}, {"8BITMIME", m.EightBit, "8-bit content (8BITMIME)"}} {
 		if ok, _ := s.client.Extension(need.ext); need.need && !ok {
-			t.err = &Error{Stage: StageMail, Port: s.port, Temporary: false,
-				Text:   "the message needs " + need.what + ", which the server does not offer",
-				Remedy: "Send the message with a client that encodes it for 7-bit transport (quoted-printable or base64) and ASCII addresses."}
+			t.err = Classify(StageMail, s.port, &unsendable{text: "the message needs " + need.what + ", which the server does not offer",
+				advice: "Send the message with a client that encodes it for 7-bit transport (quoted-printable or base64) and ASCII addresses."})
 			return
 		}
 	}
 	for _, a := range append([]string{m.From}, m.To...) {
 		if strings.ContainsAny(a, "\r\n") {
-			t.err = &Error{Stage: StageMail, Port: s.port, Text: fmt.Sprintf("address %q contains a line break", a),
-				Remedy: "The sending program passed a malformed address; fix its configuration."}
+			t.err = Classify(StageMail, s.port, &unsendable{text: fmt.Sprintf("address %q contains a line break", a),
+				advice: "The sending program passed a malformed address; fix its configuration."})
 			return
 		}
 	}
@@ -876,7 +876,7 @@ func (s *session) check(t *txn) {
 func (s *session) readBegin(t *txn, pipelined bool) {
 	m := t.m
 	if err := s.read(250); err != nil {
-		t.err = newError(StageMail, s.port, eofMeansClosed(err))
+		t.err = Classify(StageMail, s.port, eofMeansClosed(err))
 		if pipelined && s.broken == nil {
 			s.drain(len(m.To))
 		}
@@ -892,14 +892,14 @@ func (s *session) readBegin(t *txn, pipelined bool) {
 		case err == nil:
 			s.c.trace(StageRcpt, s.port, "recipient <%s> accepted", rcpt)
 		case s.broken == nil:
-			e := newError(StageRcpt, s.port, err)
+			e := Classify(StageRcpt, s.port, err)
 			t.res.Refused[rcpt] = e
 			if t.refusal == nil {
 				t.refusal = e
 			}
 			s.c.trace(StageRcpt, s.port, "recipient <%s> refused: %d %s", rcpt, e.Code, e.Text)
 		default:
-			t.err = newError(StageRcpt, s.port, eofMeansClosed(err))
+			t.err = Classify(StageRcpt, s.port, eofMeansClosed(err))
 			return
 		}
 	}
@@ -920,7 +920,7 @@ func (s *session) readBegin(t *txn, pipelined bool) {
 	case allRefused && s.broken == nil:
 		t.err = t.refusal
 	default:
-		t.err = newError(StageData, s.port, eofMeansClosed(err))
+		t.err = Classify(StageData, s.port, eofMeansClosed(err))
 	}
 }
 
@@ -934,7 +934,7 @@ func (s *session) writeData(t *txn) {
 	if err != nil {
 		// Nothing of it went out, but the server waits for data: the
 		// connection is of no further use.
-		t.err = newError(StageData, s.port, err)
+		t.err = Classify(StageData, s.port, err)
 		s.fail(err)
 		return
 	}
@@ -945,7 +945,7 @@ func (s *session) writeData(t *txn) {
 	}
 	t.n = n
 	if err != nil {
-		t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", n, eofMeansClosed(err)))
+		t.err = Classify(StageData, s.port, fmt.Errorf("after %d bytes: %w", n, eofMeansClosed(err)))
 		s.fail(err)
 	}
 }
@@ -961,9 +961,9 @@ func (s *session) readEnd(t *txn) {
 func (s *session) ended(t *txn, err error) {
 	switch {
 	case err != nil && s.broken != nil:
-		t.err = newError(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(err)))
+		t.err = Classify(StageData, s.port, fmt.Errorf("after %d bytes: %w", t.n, eofMeansClosed(err)))
 	case err != nil:
-		t.err = newError(StageData, s.port, err)
+		t.err = Classify(StageData, s.port, err)
 	default:
 		s.c.trace(StageData, s.port, "message accepted (%d bytes)", t.n)
 	}

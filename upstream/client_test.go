@@ -75,53 +75,62 @@ func TestFaultsAreClassifiedByStage(t *testing.T) {
 		return &smtp.SMTPError{Code: code, EnhancedCode: ec, Message: text}
 	}
 	cases := []struct {
-		name      string
-		setup     func(*upstreamtest.Server)
-		from      string
-		stage     upstream.Stage
-		temporary bool
-		code      int
-		remedy    string
-		noAuth    bool // the password must not have been sent
+		name   string
+		setup  func(*upstreamtest.Server)
+		from   string
+		stage  upstream.Stage
+		class  upstream.Class
+		code   int
+		remedy string
+		noAuth bool // the password must not have been sent
 	}{
 		{name: "both ports refused", setup: func(s *upstreamtest.Server) {
 			s.SetPort(s.StartTLSPort, upstreamtest.PortRefused)
 			s.SetPort(s.TLSPort, upstreamtest.PortRefused)
-		}, stage: upstream.StageConnect, temporary: true, remedy: "Neither port", noAuth: true},
+		}, stage: upstream.StageConnect, class: upstream.Unreachable, remedy: "Neither port", noAuth: true},
 		{name: "both ports blackholed", setup: func(s *upstreamtest.Server) {
 			s.SetPort(s.StartTLSPort, upstreamtest.PortBlackhole)
 			s.SetPort(s.TLSPort, upstreamtest.PortBlackhole)
-		}, stage: upstream.StageGreeting, temporary: true, remedy: "Neither port", noAuth: true},
+		}, stage: upstream.StageGreeting, class: upstream.Unreachable, remedy: "Neither port", noAuth: true},
 		{name: "bad certificate", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{BadCert: true}) },
-			stage: upstream.StageTLS, temporary: true, remedy: "intercepting TLS", noAuth: true},
+			stage: upstream.StageTLS, class: upstream.Unreachable, remedy: "intercepting TLS", noAuth: true},
 		{name: "certificate for another name", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{WrongName: true}) },
-			stage: upstream.StageTLS, temporary: true, remedy: "intercepting TLS", noAuth: true},
+			stage: upstream.StageTLS, class: upstream.Unreachable, remedy: "upstream.host is probably wrong", noAuth: true},
 		{name: "421 at greeting", setup: func(s *upstreamtest.Server) {
 			s.SetFaults(upstreamtest.Faults{Greeting: e(421, smtp.EnhancedCode{4, 3, 2}, "Service not available")})
-		}, stage: upstream.StageGreeting, temporary: true, code: 421, remedy: "busy or maintenance", noAuth: true},
+		}, stage: upstream.StageGreeting, class: upstream.Unreachable, code: 421, remedy: "busy or maintenance", noAuth: true},
 		{name: "auth refused", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{AuthFail: true}) },
-			stage: upstream.StageAuth, temporary: false, code: 535, remedy: "app-specific password"},
+			stage: upstream.StageAuth, class: upstream.PauseAccount, code: 535, remedy: "app-specific password"},
 		{name: "too many logins", setup: func(s *upstreamtest.Server) {
 			s.SetFaults(upstreamtest.Faults{Auth: e(454, smtp.EnhancedCode{4, 7, 0}, "Too many login attempts")})
-		}, stage: upstream.StageAuth, temporary: true, code: 454, remedy: "waits and retries"},
+		}, stage: upstream.StageAuth, class: upstream.Throttled, code: 454, remedy: "retries by itself"},
 		{name: "sender not allowed", from: "stranger@example.com",
-			stage: upstream.StageMail, temporary: false, code: 553, remedy: "aliases"},
+			stage: upstream.StageMail, class: upstream.Permanent, code: 553, remedy: "aliases"},
 		{name: "4xx at MAIL", setup: func(s *upstreamtest.Server) {
 			s.SetFaults(upstreamtest.Faults{Mail: e(451, smtp.EnhancedCode{4, 3, 0}, "try later")})
-		}, stage: upstream.StageMail, temporary: true, code: 451, remedy: "retries by itself"},
+		}, stage: upstream.StageMail, class: upstream.Retry, code: 451, remedy: "retries by itself"},
 		{name: "recipient refused", setup: func(s *upstreamtest.Server) {
 			s.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"friend@example.com": e(550, smtp.EnhancedCode{5, 1, 1}, "no such user")}})
-		}, stage: upstream.StageRcpt, temporary: false, code: 550, remedy: "recipient"},
+		}, stage: upstream.StageRcpt, class: upstream.Permanent, code: 550, remedy: "recipient"},
 		{name: "4xx at DATA", setup: func(s *upstreamtest.Server) {
 			s.SetFaults(upstreamtest.Faults{Data: e(451, smtp.EnhancedCode{4, 3, 0}, "local error")})
-		}, stage: upstream.StageData, temporary: true, code: 451, remedy: "retries by itself"},
+		}, stage: upstream.StageData, class: upstream.Retry, code: 451, remedy: "retries by itself"},
 		{name: "too large", setup: func(s *upstreamtest.Server) {
 			s.SetFaults(upstreamtest.Faults{Data: e(552, smtp.EnhancedCode{5, 3, 4}, "too big")})
-		}, stage: upstream.StageData, temporary: false, code: 552, remedy: "larger than iCloud accepts"},
+		}, stage: upstream.StageData, class: upstream.Permanent, code: 552, remedy: "larger than iCloud accepts"},
 		{name: "dropped after DATA", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{DropAfterData: true}) },
-			stage: upstream.StageData, temporary: true},
+			stage: upstream.StageData, class: upstream.Retry},
 		{name: "closed mid-DATA", setup: func(s *upstreamtest.Server) { s.SetFaults(upstreamtest.Faults{CloseMidData: true}) },
-			stage: upstream.StageData, temporary: true},
+			stage: upstream.StageData, class: upstream.Retry},
+		{name: "daily limit at MAIL (5xx, Apple's words)", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Mail: e(550, smtp.EnhancedCode{5, 7, 1}, "<demo@icloud.com>: You have exceeded your daily sending limit. Please try again later.")})
+		}, stage: upstream.StageMail, class: upstream.HoldDailyLimit, code: 550, remedy: "daily sending limit"},
+		{name: "daily limit at RCPT (5xx)", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"friend@example.com": e(550, smtp.EnhancedCode{5, 7, 1}, "You have exceeded your daily sending limit. Please try again later.")}})
+		}, stage: upstream.StageRcpt, class: upstream.HoldDailyLimit, code: 550, remedy: "daily sending limit"},
+		{name: "daily limit at DATA (4xx)", setup: func(s *upstreamtest.Server) {
+			s.SetFaults(upstreamtest.Faults{Data: e(451, smtp.EnhancedCode{4, 7, 1}, "Daily sending quota exceeded")})
+		}, stage: upstream.StageData, class: upstream.HoldDailyLimit, code: 451, remedy: "daily sending limit"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -138,9 +147,9 @@ func TestFaultsAreClassifiedByStage(t *testing.T) {
 			if !errors.As(err, &ue) {
 				t.Fatalf("want *upstream.Error, got %T %v", err, err)
 			}
-			if ue.Stage != tc.stage || ue.Temporary != tc.temporary || (tc.code != 0 && ue.Code != tc.code) {
-				t.Fatalf("got stage=%s temporary=%v code=%d (%v); want stage=%s temporary=%v code=%d",
-					ue.Stage, ue.Temporary, ue.Code, ue, tc.stage, tc.temporary, tc.code)
+			if ue.Stage != tc.stage || ue.Class != tc.class || (tc.code != 0 && ue.Code != tc.code) {
+				t.Fatalf("got stage=%s class=%s code=%d (%v); want stage=%s class=%s code=%d",
+					ue.Stage, ue.Class, ue.Code, ue, tc.stage, tc.class, tc.code)
 			}
 			if ue.Remedy == "" || !strings.Contains(ue.Remedy, tc.remedy) {
 				t.Fatalf("remedy %q lacks %q", ue.Remedy, tc.remedy)
@@ -254,7 +263,7 @@ func TestHungServerDoesNotHangTheClient(t *testing.T) {
 	defer cancel()
 	_, err := client(t, s).Send(ctx, msg(s.Username()))
 	var ue *upstream.Error
-	if !errors.As(err, &ue) || ue.Stage != upstream.StageMail || !ue.Temporary || ctx.Err() != nil {
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageMail || ue.Class != upstream.Retry || ctx.Err() != nil {
 		t.Fatalf("want a timeout at MAIL from the per-read timeout, got %v (ctx %v)", err, ctx.Err())
 	}
 }
@@ -275,13 +284,42 @@ func TestProbe(t *testing.T) {
 	}
 }
 
-func TestDNSFailureIsStageDNS(t *testing.T) {
+// A failed lookup is stage dns and unreachable, and its advice tells a
+// name that does not exist (a typo in upstream.host) from a name server
+// that fails. The lookups ask a stand-in name server on loopback.
+func TestDNSFailuresAreTold(t *testing.T) {
 	s := standin(t)
-	c := client(t, s, func(cfg *upstream.Config) { cfg.Host = "no-such-host.invalid" })
-	_, err := c.Send(context.Background(), msg(s.Username()))
-	var ue *upstream.Error
-	if !errors.As(err, &ue) || ue.Stage != upstream.StageDNS || !ue.Temporary {
-		t.Fatalf("got %v", err)
+	for _, tc := range []struct {
+		answer upstreamtest.DNSAnswer
+		advice string
+	}{
+		{upstreamtest.DNSNotFound, "does not exist: check upstream.host"},
+		{upstreamtest.DNSFailure, "name server this computer uses does not answer"},
+		{upstreamtest.DNSSilent, "name server this computer uses does not answer"},
+	} {
+		dns, err := upstreamtest.NewDNS(tc.answer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dns.Close()
+		c := client(t, s, func(cfg *upstream.Config) {
+			cfg.Host, cfg.Resolver, cfg.ConnectTimeout = "smtp.mail.me.test", dns.Resolver(), 2*time.Second
+		})
+		_, err = c.Send(context.Background(), msg(s.Username()))
+		var ue *upstream.Error
+		if !errors.As(err, &ue) || ue.Stage != upstream.StageDNS || ue.Class != upstream.Unreachable || !strings.Contains(ue.Remedy, tc.advice) {
+			t.Fatalf("answer %d: got %v (class %s, remedy %q), want stage dns, unreachable, %q", tc.answer, err, ue.Class, ue.Remedy, tc.advice)
+		}
+	}
+	// And a name it resolves is used: the stand-in name server is honest.
+	dns, err := upstreamtest.NewDNS(upstreamtest.DNSLoopback)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dns.Close()
+	c := client(t, s, func(cfg *upstream.Config) { cfg.Host, cfg.Resolver = "localhost.test", dns.Resolver() })
+	if _, err := c.Send(context.Background(), msg(s.Username())); err == nil || !strings.Contains(err.Error(), "certificate is not valid for localhost.test") {
+		t.Fatalf("a resolved name must reach the server (and fail its certificate check), got %v", err)
 	}
 }
 
@@ -443,7 +481,7 @@ func TestHostileUpstreams(t *testing.T) {
 			var after runtime.MemStats
 			runtime.ReadMemStats(&after)
 			var ue *upstream.Error
-			if !errors.As(err, &ue) || (ue.Stage != c.stage && ue.Stage != upstream.StageConnect) || !ue.Temporary || !strings.Contains(ue.Error(), c.text) {
+			if !errors.As(err, &ue) || (ue.Stage != c.stage && ue.Stage != upstream.StageConnect) || ue.Class != upstream.Unreachable || !strings.Contains(ue.Error(), c.text) {
 				t.Fatalf("got %v", err)
 			}
 			if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 16<<20 {

@@ -299,7 +299,7 @@ func TestPipelinedRefusalsLeaveTheConnectionUsable(t *testing.T) {
 	// the recipient's refusal.
 	_, err := send("gone@example.com")
 	var ue *upstream.Error
-	if !errors.As(err, &ue) || ue.Stage != upstream.StageRcpt || ue.Code != 550 || ue.Temporary {
+	if !errors.As(err, &ue) || ue.Stage != upstream.StageRcpt || ue.Code != 550 || ue.Class != upstream.Permanent {
 		t.Fatalf("all refused: %v", err)
 	}
 	if _, err := send("a@example.com"); err != nil {
@@ -424,7 +424,7 @@ func TestChunkedBatchInOneRoundTrip(t *testing.T) {
 	if out[0].Err != nil || out[2].Err != nil || out[3].Err != nil || len(out[2].Result.Refused) != 1 {
 		t.Fatalf("outcomes: %+v %+v %+v %+v", out[0], out[1], out[2], out[3])
 	}
-	if !errors.As(out[1].Err, &ue) || ue.Stage != upstream.StageRcpt || ue.Code != 550 || ue.Temporary {
+	if !errors.As(out[1].Err, &ue) || ue.Stage != upstream.StageRcpt || ue.Code != 550 || ue.Class != upstream.Permanent {
 		t.Fatalf("refused message: %v", out[1].Err)
 	}
 	sc.check(t)

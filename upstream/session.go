@@ -35,10 +35,10 @@ func (s *Session) Extension(name string) (bool, string) { return s.s.client.Exte
 // then resets: nothing is sent.
 func (s *Session) CheckSender(from string) error {
 	if err := s.s.cmd(250, "MAIL FROM:<%s>", from); err != nil {
-		return newError(StageMail, s.s.port, eofMeansClosed(err))
+		return Classify(StageMail, s.s.port, eofMeansClosed(err))
 	}
 	if err := s.s.cmd(250, "RSET"); err != nil {
-		return newError(StageMail, s.s.port, eofMeansClosed(err))
+		return Classify(StageMail, s.s.port, eofMeansClosed(err))
 	}
 	return nil
 }
@@ -63,9 +63,13 @@ func (c *Client) Lookup(ctx context.Context) ([]string, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
 	defer cancel()
-	addrs, err := net.DefaultResolver.LookupHost(ctx, c.cfg.Host)
+	r := c.cfg.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	addrs, err := r.LookupHost(ctx, c.cfg.Host)
 	if err != nil {
-		return nil, newError(StageDNS, 0, err)
+		return nil, Classify(StageDNS, 0, err)
 	}
 	return addrs, nil
 }
@@ -73,11 +77,11 @@ func (c *Client) Lookup(ctx context.Context) ([]string, error) {
 // DialPort opens and closes a TCP connection to port (stage connect),
 // returning how long it took.
 func (c *Client) DialPort(ctx context.Context, port int) (time.Duration, error) {
-	d := net.Dialer{Timeout: c.cfg.ConnectTimeout}
+	d := net.Dialer{Timeout: c.cfg.ConnectTimeout, Resolver: c.cfg.Resolver}
 	start := time.Now()
 	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(c.cfg.Host, strconv.Itoa(port)))
 	if err != nil {
-		return time.Since(start), newError(StageConnect, port, err)
+		return time.Since(start), Classify(StageConnect, port, err)
 	}
 	took := time.Since(start)
 	conn.Close()

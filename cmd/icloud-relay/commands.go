@@ -22,6 +22,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/demo"
 	"github.com/icloud-relay/icloud-relay/doctor"
 	"github.com/icloud-relay/icloud-relay/logging"
+	"github.com/icloud-relay/icloud-relay/relay"
 	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/sendmail"
 	"github.com/icloud-relay/icloud-relay/service"
@@ -189,7 +190,12 @@ func runCmd(args []string) int {
 			fmt.Fprintf(os.Stderr, "icloud-relay: config error:\n%v\n", ke)
 			return exitUsage
 		}
-		log.Error().Err(err).Msg("relay failed")
+		var le *relay.ListenError
+		if errors.As(err, &le) {
+			log.Error().Err(err).Str(logging.KeyStage, "listen").Str(logging.KeyRemedy, le.Remedy()).Msg("relay cannot start: cannot listen for local clients")
+			return exitFailure
+		}
+		log.Error().Err(err).Str(logging.KeyRemedy, "The relay stopped because of this error; the lines before it say more. Fix the cause and start it again.").Msg("relay failed")
 		return exitFailure
 	}
 	return exitOK

@@ -16,6 +16,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/icloud-relay/icloud-relay/internal/logcheck"
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
 
@@ -71,7 +73,19 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 		p.cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.cmd.Process.Kill(); <-p.done })
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		var jsonLines []string
+		for _, l := range p.logs {
+			if strings.HasPrefix(l, "{") {
+				jsonLines = append(jsonLines, l)
+			}
+		}
+		for _, err := range logcheck.Lines(strings.Join(jsonLines, "\n")) {
+			t.Error(err)
+		}
+	})
 	return p
 }
 
@@ -232,7 +246,7 @@ func TestWrongPasswordIsNeverLogged(t *testing.T) {
 	if err := sendTo(addr, "secret-check"); err != nil {
 		t.Fatal(err)
 	}
-	l := p.waitLog(t, "iCloud refused the login: all deliveries paused (messages stay queued); fix the password or username and restart, or wait")
+	l := p.waitLog(t, logging.EvPaused)
 	if l["stage"] != "auth" || l["smtp_code"] != 535.0 || l["remedy"] == nil {
 		t.Fatalf("auth log line %v", l)
 	}
@@ -326,5 +340,35 @@ func TestDoctorCommand(t *testing.T) {
 	}
 	if strings.Contains(out, s.Password()) {
 		t.Fatal("doctor printed the password")
+	}
+}
+
+// A listen address already taken stops the relay with exit 1 and a line
+// that says so and what to do, not a bare "relay failed".
+func TestPortInUseIsExplained(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	s := standIn(t, upstreamtest.Options{})
+	dir := t.TempDir()
+	cfg := writeConfigAt(t, s, dir, upstreamtest.DefaultPassword, ln.Addr().String(), "")
+	cmd := exec.Command(binary, "run", "--config", cfg)
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, out)
+	}
+	var line map[string]any
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, `"stage":"listen"`) {
+			json.Unmarshal([]byte(l), &line)
+		}
+	}
+	if line == nil || !strings.Contains(fmt.Sprint(line["remedy"]), "already listens on "+ln.Addr().String()) {
+		t.Fatalf("no listen failure with the port-in-use remedy:\n%s", out)
+	}
+	for _, err := range logcheck.Lines(string(out)) {
+		t.Error(err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
 const queueUsage = `Usage: icloud-relay queue SUBCOMMAND [--config FILE] [--json] [ID]
@@ -273,10 +274,15 @@ func showMessage(q *control.Queue, id string, o *output) error {
 	return nil
 }
 
+// describeStage names where an attempt failed and, when the record has
+// it, its class and what that meant.
 func describeStage(o *queue.Outcome) string {
 	s := o.Stage
 	if o.Code != 0 {
 		s += fmt.Sprintf(" (%d %s)", o.Code, o.EnhancedCode)
+	}
+	if c := upstream.Class(o.Class); c != "" {
+		s += fmt.Sprintf(" [%s: %s]", c, c.Meaning())
 	}
 	return s
 }

@@ -92,7 +92,7 @@ func TestQueueCommandsWhileTheRelayRuns(t *testing.T) {
 	}
 	// show, text and JSON
 	code, out := runCLI(t, "queue", "show", queued[0].ID, "--config", cfg)
-	if code != 0 || !strings.Contains(out, "Subject: retrying-") || !strings.Contains(out, "data (451 4.3.0): try later") {
+	if code != 0 || !strings.Contains(out, "Subject: retrying-") || !strings.Contains(out, "data (451 4.3.0) [retry: temporary: this message is tried again later]: try later") {
 		t.Fatalf("show: exit %d\n%s", code, out)
 	}
 	var shown jsonEntry

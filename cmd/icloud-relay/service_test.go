@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/service"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
@@ -41,7 +42,7 @@ func TestSIGHUPReloadsTheConfig(t *testing.T) {
 	if err := sendTo(listen, "before-reload"); err != nil {
 		t.Fatal(err)
 	}
-	p.waitLog(t, "iCloud refused the login: all deliveries paused (messages stay queued); fix the password or username and restart, or wait")
+	p.waitLog(t, logging.EvPaused)
 
 	// A broken edit is refused; the relay keeps running.
 	good, _ := os.ReadFile(cfg)

@@ -79,8 +79,12 @@ type Outcome struct {
 	Code         int       `json:"smtp_code,omitempty"`
 	EnhancedCode string    `json:"enhanced_code,omitempty"`
 	Text         string    `json:"text"`
-	Remedy       string    `json:"remedy,omitempty"`
-	Temporary    bool      `json:"temporary,omitempty"`
+	Class        string    `json:"class,omitempty"`  // what it meant for delivery (upstream.Class)
+	Advice       string    `json:"advice,omitempty"` // what to check about the cause
+	Remedy       string    `json:"remedy,omitempty"` // the advice and what the relay does by itself
+	// Temporary is read from records written before Class was; new ones
+	// leave it out.
+	Temporary bool `json:"temporary,omitempty"`
 }
 
 // Message is a queued message's metadata.
@@ -89,8 +93,9 @@ type Message struct {
 	ID          string      `json:"id"`
 	From        string      `json:"from"`
 	Rcpts       []Recipient `json:"rcpts"`
-	UTF8        bool        `json:"utf8,omitempty"`      // needs SMTPUTF8
-	EightBit    bool        `json:"eight_bit,omitempty"` // needs 8BITMIME
+	MessageID   string      `json:"message_id,omitempty"` // the Message-ID header, for the log
+	UTF8        bool        `json:"utf8,omitempty"`       // needs SMTPUTF8
+	EightBit    bool        `json:"eight_bit,omitempty"`  // needs 8BITMIME
 	Size        int64       `json:"size"`
 	Received    time.Time   `json:"received"`
 	Attempts    int         `json:"attempts"`
