@@ -18,7 +18,9 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/icloud-relay/icloud-relay/app"
@@ -61,15 +63,36 @@ type Report struct {
 // Options change what is checked.
 type Options struct {
 	SendTest string // when set, send a short test message to this address
+	// Progress, when set, is told of each check as it starts and ends (a
+	// terminal shows the steps as they run).
+	Progress Progress
+}
+
+// Progress follows a run.
+type Progress interface {
+	Begin(name string) // a check that may take a while starts
+	Done(s Step)       // a step is decided
 }
 
 type run struct {
-	ctx context.Context
-	cfg *config.Config
-	rep *Report
+	ctx      context.Context
+	cfg      *config.Config
+	rep      *Report
+	progress Progress
 }
 
-func (r *run) add(s Step) { r.rep.Steps = append(r.rep.Steps, s) }
+func (r *run) add(s Step) {
+	r.rep.Steps = append(r.rep.Steps, s)
+	if r.progress != nil {
+		r.progress.Done(s)
+	}
+}
+
+func (r *run) begin(name string) {
+	if r.progress != nil {
+		r.progress.Begin(name)
+	}
+}
 
 func (r *run) failure(name string, err error, took time.Duration) {
 	s := Step{Name: name, Status: Fail, Detail: err.Error(), Millis: ms(took)}
@@ -89,7 +112,7 @@ var appPassword = regexp.MustCompile(`^[a-z]{4}-[a-z]{4}-[a-z]{4}-[a-z]{4}$`)
 
 // Run checks everything it can and returns the report.
 func Run(ctx context.Context, cfg *config.Config, opts Options) *Report {
-	r := &run{ctx: ctx, cfg: cfg, rep: &Report{}}
+	r := &run{ctx: ctx, cfg: cfg, rep: &Report{}, progress: opts.Progress}
 	r.configStep()
 	r.upstreamSteps(opts)
 	r.localSteps()
@@ -117,6 +140,7 @@ func (r *run) upstreamSteps(opts Options) {
 	var events []upstream.Event
 	client := app.Upstream(r.cfg, func(e upstream.Event) { events = append(events, e) })
 	start := time.Now()
+	r.begin("dns")
 	addrs, err := client.Lookup(r.ctx)
 	if err != nil {
 		r.failure("dns", err, time.Since(start))
@@ -125,16 +149,37 @@ func (r *run) upstreamSteps(opts Options) {
 	}
 	r.add(Step{Name: "dns", Status: OK, Detail: r.cfg.Upstream.Host + " is " + strings.Join(addrs, ", "), Millis: ms(time.Since(start))})
 
+	// Both ports at once: a port that drops connections costs one
+	// timeout, not one per port.
 	starttls, implicit := client.Ports()
+	ports := []int{starttls, implicit}
+	type dial struct {
+		took time.Duration
+		err  error
+	}
+	dials := make([]dial, len(ports))
+	var wg sync.WaitGroup
+	r.begin(fmt.Sprintf("tcp %d and %d", starttls, implicit))
+	for i, port := range ports {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dials[i].took, dials[i].err = client.DialPort(r.ctx, port)
+		}()
+	}
+	wg.Wait()
 	open := 0
-	for _, port := range []int{starttls, implicit} {
-		took, err := client.DialPort(r.ctx, port)
-		if err != nil {
-			r.failure(fmt.Sprintf("tcp %d", port), err, took)
+	for i, port := range ports {
+		if err := dials[i].err; err != nil {
+			r.failure(fmt.Sprintf("tcp %d", port), err, dials[i].took)
 			continue
 		}
 		open++
-		r.add(Step{Name: fmt.Sprintf("tcp %d", port), Status: OK, Detail: fmt.Sprintf("connected in %.1f ms", ms(took)), Port: port, Millis: ms(took)})
+		r.add(Step{Name: fmt.Sprintf("tcp %d", port), Status: OK, Detail: fmt.Sprintf("connected in %.1f ms", ms(dials[i].took)), Port: port, Millis: ms(dials[i].took)})
+	}
+	if dials[0].err != nil && dials[1].err == nil {
+		// Do not wait for the closed port again: start with the open one.
+		client.Remember(upstream.PortMemory{Port: implicit, Since: time.Now()})
 	}
 	if open == 0 {
 		r.skip("greeting", "tls", "ehlo", "auth", "sender")
@@ -151,28 +196,30 @@ func (r *run) upstreamSteps(opts Options) {
 	}
 
 	start = time.Now()
+	r.begin("tls and login")
 	sess, err := client.Open(r.ctx)
 	took := time.Since(start)
 	if err != nil {
 		var ue *upstream.Error
 		errors.As(err, &ue)
-		r.sessionSteps(events, ue, took)
+		r.sessionSteps(events, ue, took, nil)
 		return
 	}
 	defer sess.Close()
 	r.fallbackNotes(events, sess.Port())
-	r.sessionSteps(events, nil, took)
 	ok, size := sess.Extension("SIZE")
 	_, auth := sess.Extension("AUTH")
 	caps := "AUTH " + auth
 	if ok {
 		caps += ", SIZE " + size
 	}
-	r.setDetail("ehlo", caps)
-	r.setDetail("tls", fmt.Sprintf("port %d: %s", sess.Port(), upstream.CertSummary(sess.TLS())))
+	r.sessionSteps(events, nil, took, map[string]string{
+		"ehlo": caps, "tls": fmt.Sprintf("port %d: %s", sess.Port(), upstream.CertSummary(sess.TLS()))})
+	r.sizeStep(size)
 
 	for _, from := range r.cfg.Sender.Addresses() {
 		start := time.Now()
+		r.begin("sender " + from)
 		if err := sess.CheckSender(from); err != nil {
 			r.failure("sender "+from, err, time.Since(start))
 			continue
@@ -184,8 +231,29 @@ func (r *run) upstreamSteps(opts Options) {
 	}
 }
 
+// sizeStep compares the relay's size limit with the one iCloud advertises
+// (EHLO SIZE).
+func (r *run) sizeStep(advertised string) {
+	limit, err := strconv.ParseInt(advertised, 10, 64)
+	if err != nil || limit <= 0 {
+		r.add(Step{Name: "size", Status: OK, Detail: "the server advertises no size limit"})
+		return
+	}
+	own := int64(r.cfg.Listen.MaxMessageSize)
+	detail := fmt.Sprintf("iCloud accepts messages up to %s; listen.max_message_size is %s", mb(limit), mb(own))
+	if own > limit {
+		r.add(Step{Name: "size", Status: Warn, Detail: detail,
+			Remedy: fmt.Sprintf("Messages larger than %s are refused at once (552) although the relay's own limit is higher: set listen.max_message_size to %d or less so that the limit clients see is the real one.", mb(limit), limit)})
+		return
+	}
+	r.add(Step{Name: "size", Status: OK, Detail: detail})
+}
+
+func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+
 // sessionSteps turns the trace of an Open into the tls, ehlo and auth steps.
-func (r *run) sessionSteps(events []upstream.Event, failed *upstream.Error, took time.Duration) {
+// detail, when it has a step's name, replaces what the trace says.
+func (r *run) sessionSteps(events []upstream.Event, failed *upstream.Error, took time.Duration, detail map[string]string) {
 	names := []struct {
 		name   string
 		stages []upstream.Stage
@@ -204,13 +272,13 @@ func (r *run) sessionSteps(events []upstream.Event, failed *upstream.Error, took
 			r.failure(n.name, failed, took)
 			done = true
 		default:
-			detail := ""
+			d, ok := detail[n.name]
 			for _, e := range events {
-				if contains(n.stages, e.Stage) && e.Err == nil {
-					detail = e.Detail
+				if !ok && contains(n.stages, e.Stage) && e.Err == nil {
+					d = e.Detail
 				}
 			}
-			r.add(Step{Name: n.name, Status: OK, Detail: detail})
+			r.add(Step{Name: n.name, Status: OK, Detail: d})
 		}
 	}
 	if done || failed != nil {
@@ -221,7 +289,7 @@ func (r *run) sessionSteps(events []upstream.Event, failed *upstream.Error, took
 // fallbackNotes warns when the first port failed and the other one works.
 func (r *run) fallbackNotes(events []upstream.Event, working int) {
 	for _, e := range events {
-		if e.Err != nil {
+		if e.Err != nil && !e.Switched {
 			r.add(Step{Name: "fallback", Status: Warn, Detail: e.Detail, Stage: string(e.Stage), Port: e.Port,
 				Code: e.Err.Code, EnhancedCode: e.Err.EnhancedCode,
 				Remedy: fmt.Sprintf("Mail flows through port %d, which the relay uses by itself. About port %d: %s", working, e.Port, e.Err.Remedy)})
@@ -323,14 +391,6 @@ func (r *run) skip(names ...string) {
 	}
 }
 
-func (r *run) setDetail(name, detail string) {
-	for i := range r.rep.Steps {
-		if r.rep.Steps[i].Name == name {
-			r.rep.Steps[i].Detail = detail
-		}
-	}
-}
-
 func contains(stages []upstream.Stage, s upstream.Stage) bool {
 	for _, x := range stages {
 		if x == s {
@@ -342,23 +402,67 @@ func contains(stages []upstream.Stage, s upstream.Stage) bool {
 
 var marks = map[Status]string{OK: "✓", Fail: "✗", Warn: "!", Skip: "-"}
 
-// WriteText prints one line per step and, under a failure or warning, its remedy.
+// WriteText prints one line per step and, under a failure or warning, its
+// remedy; then the verdict.
 func (rep *Report) WriteText(w io.Writer) {
 	for _, s := range rep.Steps {
-		line := fmt.Sprintf("%s %-22s %s", marks[s.Status], s.Name, s.Detail)
-		if s.Code != 0 {
-			line += fmt.Sprintf(" [%d %s]", s.Code, s.EnhancedCode)
-		}
-		fmt.Fprintln(w, strings.TrimRight(line, " "))
-		if s.Remedy != "" && (s.Status == Fail || s.Status == Warn) {
-			fmt.Fprintf(w, "  → %s\n", s.Remedy)
-		}
+		writeStep(w, s)
 	}
+	rep.WriteSummary(w)
+}
+
+func writeStep(w io.Writer, s Step) {
+	line := fmt.Sprintf("%s %-22s %s", marks[s.Status], s.Name, s.Detail)
+	if s.Code != 0 {
+		line += fmt.Sprintf(" [%d %s]", s.Code, s.EnhancedCode)
+	}
+	fmt.Fprintln(w, strings.TrimRight(line, " "))
+	if s.Remedy != "" && (s.Status == Fail || s.Status == Warn) {
+		fmt.Fprintf(w, "  → %s\n", s.Remedy)
+	}
+}
+
+// WriteSummary prints the verdict alone (the steps were shown as they ran).
+func (rep *Report) WriteSummary(w io.Writer) {
 	if rep.OK {
 		fmt.Fprintln(w, "\nMail can flow.")
 	} else {
 		fmt.Fprintln(w, "\nMail cannot flow: fix the ✗ steps above.")
 	}
+}
+
+// TerminalProgress shows each step on w as it runs: a "… checking" line
+// while a check waits on the network, replaced by the step's line.
+func TerminalProgress(w io.Writer) Progress { return &terminal{w: w} }
+
+type terminal struct {
+	w       io.Writer
+	pending bool
+}
+
+func (t *terminal) Begin(name string) {
+	t.clear()
+	fmt.Fprintf(t.w, "… checking %s", name)
+	t.pending = true
+}
+
+func (t *terminal) Done(s Step) {
+	t.clear()
+	writeStep(t.w, s)
+}
+
+func (t *terminal) clear() {
+	if t.pending {
+		fmt.Fprint(t.w, "\r\033[K")
+		t.pending = false
+	}
+}
+
+// ConfigFailure is the report when the config cannot be loaded: doctor
+// --json prints JSON in every case.
+func ConfigFailure(err error) *Report {
+	return &Report{Steps: []Step{{Name: "config", Status: Fail, Detail: err.Error(),
+		Remedy: "Fix the config file at the line named (config.example.toml lists every option), or pass the right one with --config."}}}
 }
 
 // WriteJSON prints the report as one JSON document.

@@ -27,7 +27,13 @@ type fixture struct {
 // setup starts a stand-in and, with relay, the relay itself on loopback.
 func setup(t *testing.T, relay bool, extra string) *fixture {
 	t.Helper()
-	s, err := upstreamtest.Start(upstreamtest.Options{Aliases: []string{"alias@icloud.com"}})
+	return setupWith(t, upstreamtest.Options{}, relay, extra)
+}
+
+func setupWith(t *testing.T, opts upstreamtest.Options, relay bool, extra string) *fixture {
+	t.Helper()
+	opts.Aliases = append(opts.Aliases, "alias@icloud.com")
+	s, err := upstreamtest.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +85,7 @@ func TestHealthyStandInPassesEveryStep(t *testing.T) {
 		t.Fatalf("healthy stand-in:\n%s", out.String())
 	}
 	want := []string{"config", "dns", fmt.Sprintf("tcp %d", f.s.StartTLSPort), fmt.Sprintf("tcp %d", f.s.TLSPort), "greeting", "tls", "ehlo", "auth",
-		"sender demo@icloud.com", "sender alias@icloud.com", "send-test friend@example.com", "listener", "queue dir", "queue"}
+		"size", "sender demo@icloud.com", "sender alias@icloud.com", "send-test friend@example.com", "listener", "queue dir", "queue"}
 	if len(rep.Steps) != len(want) {
 		t.Fatalf("steps:\n%s", out.String())
 	}
@@ -211,3 +217,83 @@ func TestUnwritableQueueFails(t *testing.T) {
 		t.Fatalf("queue dir step %+v, ok=%v", s, rep.OK)
 	}
 }
+
+// Each cause the doctor can meet gets its stage, its class and advice for
+// that cause, not a neighbour's (the daily limit is not an alias problem;
+// a certificate for another host is not interception).
+func TestEveryCauseIsExplained(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		faults upstreamtest.Faults
+		step   string
+		class  string
+		remedy string
+		not    string
+	}{
+		{"certificate for another host", upstreamtest.Faults{WrongName: true}, "tls", "unreachable", "upstream.host is probably wrong", "intercepting"},
+		{"certificate from an unknown issuer", upstreamtest.Faults{BadCert: true}, "tls", "unreachable", "intercepting TLS", "upstream.host"},
+		{"login refused", upstreamtest.Faults{AuthFail: true}, "auth", "pause_account", "app-specific password", ""},
+		{"daily limit at MAIL", upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+			Message: "<demo@icloud.com>: You have exceeded your daily sending limit. Please try again later."}},
+			"sender demo@icloud.com", "hold_daily_limit", "daily sending limit", "aliases"},
+		{"sender refused", upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 553, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "not your address"}},
+			"sender demo@icloud.com", "permanent", "sender.aliases", "daily"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := setup(t, false, "")
+			f.s.SetFaults(tc.faults)
+			rep := doctor.Run(context.Background(), f.cfg, doctor.Options{})
+			st := step(rep, tc.step)
+			if st.Status != doctor.Fail || st.Class != tc.class || !strings.Contains(st.Remedy, tc.remedy) || (tc.not != "" && strings.Contains(st.Remedy, tc.not)) {
+				var out bytes.Buffer
+				rep.WriteText(&out)
+				t.Fatalf("step %s: %+v; want fail, class %s, a remedy with %q and without %q\n%s", tc.step, st, tc.class, tc.remedy, tc.not, out.String())
+			}
+		})
+	}
+}
+
+// A relay limit above the SIZE iCloud advertises is a warning that says
+// what to set.
+func TestSizeAboveTheAdvertisedLimitIsAWarning(t *testing.T) {
+	f := setupWith(t, upstreamtest.Options{MaxSize: 5_000_000}, false, "")
+	f.cfg.Listen.MaxMessageSize = 20_000_000
+	rep := doctor.Run(context.Background(), f.cfg, doctor.Options{})
+	st := step(rep, "size")
+	if st.Status != doctor.Warn || !strings.Contains(st.Remedy, "listen.max_message_size to 5000000 or less") {
+		t.Fatalf("size step: %+v", st)
+	}
+	if !rep.OK {
+		t.Fatal("a size mismatch stops no mail: the report must still say mail can flow")
+	}
+	f.cfg.Listen.MaxMessageSize = 4_000_000
+	if st := step(doctor.Run(context.Background(), f.cfg, doctor.Options{}), "size"); st.Status != doctor.OK {
+		t.Fatalf("size step with a lower limit: %+v", st)
+	}
+}
+
+// A port that does not connect is dialled once: the login goes straight
+// to the other port, without a fallback through the closed one.
+func TestAClosedPortIsTriedOnce(t *testing.T) {
+	f := setup(t, false, "")
+	f.s.SetPort(f.s.StartTLSPort, upstreamtest.PortRefused)
+	var begun []string
+	rep := doctor.Run(context.Background(), f.cfg, doctor.Options{Progress: recorder{&begun}})
+	if !rep.OK || step(rep, fmt.Sprintf("tcp %d", f.s.StartTLSPort)).Status != doctor.Warn {
+		t.Fatalf("report: %+v", rep)
+	}
+	if st := step(rep, "fallback"); st.Status != "missing" {
+		t.Fatalf("the login went through the closed port first: %+v", st)
+	}
+	if !strings.Contains(step(rep, "tls").Detail, fmt.Sprintf("port %d", f.s.TLSPort)) {
+		t.Fatalf("tls step: %+v", step(rep, "tls"))
+	}
+	if len(begun) == 0 || begun[0] != "dns" {
+		t.Fatalf("progress began %v", begun)
+	}
+}
+
+type recorder struct{ begun *[]string }
+
+func (r recorder) Begin(name string) { *r.begun = append(*r.begun, name) }
+func (r recorder) Done(doctor.Step)  {}

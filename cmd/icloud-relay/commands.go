@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
 	"github.com/icloud-relay/icloud-relay/app"
@@ -125,19 +126,28 @@ func loadConfig(path string) (*config.Config, bool) { return loadWith(config.Loa
 func loadLocalConfig(path string) (*config.Config, bool) { return loadWith(config.LoadLocal, path) }
 
 func loadWith(load func(string) (*config.Config, error), path string) (*config.Config, bool) {
+	cfg, err := findAndLoad(load, path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "icloud-relay: %v\n", err)
+		return nil, false
+	}
+	return cfg, true
+}
+
+// findAndLoad loads the config at path, or at the default path when path
+// is empty; the error says what is wrong in words for the user.
+func findAndLoad(load func(string) (*config.Config, error), path string) (*config.Config, error) {
 	if path == "" {
 		path = config.DefaultConfigPath()
 		if _, err := os.Stat(path); err != nil {
-			fmt.Fprintf(os.Stderr, "icloud-relay: no config file: pass --config FILE or create %s (config.example.toml lists every option)\n", path)
-			return nil, false
+			return nil, fmt.Errorf("no config file: pass --config FILE or create %s (config.example.toml lists every option)", path)
 		}
 	}
 	cfg, err := load(path)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "icloud-relay: config error:\n%v\n", err)
-		return nil, false
+		return nil, fmt.Errorf("config error:\n%w", err)
 	}
-	return cfg, true
+	return cfg, nil
 }
 
 // flagsAndConfig parses args and loads the config they name; with a nil
@@ -213,17 +223,33 @@ func doctorCmd(args []string) int {
 			"Exit code 0 when mail can flow, 1 otherwise, 2 for a config error.")
 		fs.PrintDefaults()
 	}
-	cfg, code := flagsAndConfig(fs, args, cfgPath)
-	if cfg == nil {
+	if code, ok := parseFlags(fs, args); !ok {
 		return code
+	}
+	cfg, err := findAndLoad(config.Load, *cfgPath)
+	if err != nil {
+		if *asJSON { // JSON in every case: a script reads stdout
+			doctor.ConfigFailure(err).WriteJSON(os.Stdout)
+		} else {
+			fmt.Fprintf(os.Stderr, "icloud-relay: %v\n", err)
+		}
+		return exitUsage
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep := doctor.Run(ctx, cfg, doctor.Options{SendTest: *sendTest})
 	out := cfg.Redactor().Writer(os.Stdout) // a server's reply may echo the login
-	if *asJSON {
+	opts := doctor.Options{SendTest: *sendTest}
+	if !*asJSON && isatty.IsTerminal(os.Stdout.Fd()) {
+		// On a terminal each step shows as it runs.
+		opts.Progress = doctor.TerminalProgress(out)
+	}
+	rep := doctor.Run(ctx, cfg, opts)
+	switch {
+	case *asJSON:
 		rep.WriteJSON(out)
-	} else {
+	case opts.Progress != nil:
+		rep.WriteSummary(out)
+	default:
 		rep.WriteText(out)
 	}
 	if !rep.OK {

@@ -343,6 +343,26 @@ func TestDoctorCommand(t *testing.T) {
 	}
 }
 
+// doctor --json is JSON in every case: a config that cannot be loaded is
+// a failed "config" step (exit 2), not text on stderr.
+func TestDoctorJSONOnABadConfig(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "config.toml")
+	os.WriteFile(bad, []byte("[listen]\nbogus = 1\n"), 0o600)
+	cmd := exec.Command(binary, "doctor", "--json", "--config", bad)
+	out, _ := cmd.Output()
+	var rep struct {
+		OK    bool
+		Steps []struct{ Name, Status, Detail, Remedy string }
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 2 || rep.OK || len(rep.Steps) != 1 || rep.Steps[0].Name != "config" ||
+		rep.Steps[0].Status != "fail" || !strings.Contains(rep.Steps[0].Detail, "bogus") || rep.Steps[0].Remedy == "" {
+		t.Fatalf("exit %d, report %+v", code, rep)
+	}
+}
+
 // A listen address already taken stops the relay with exit 1 and a line
 // that says so and what to do, not a bare "relay failed".
 func TestPortInUseIsExplained(t *testing.T) {

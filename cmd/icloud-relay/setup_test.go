@@ -83,6 +83,12 @@ func (p *ptyScreen) Write(b []byte) (int, error) {
 	return p.buf.Write(b)
 }
 
+func (p *ptyScreen) String() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.buf.String()
+}
+
 func (p *ptyScreen) waitFor(t *testing.T, s string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -136,5 +142,24 @@ func TestSetupWizardInATerminal(t *testing.T) {
 	checkWritten(t, cfg, s.Password())
 	if b, _ := os.ReadFile(cfg); !strings.Contains(string(b), filepath.Join(dir, "state")) {
 		t.Fatalf("a --user set-up keeps its queue under the user's state directory:\n%s", b)
+	}
+}
+
+// On a terminal doctor shows each check while it runs.
+func TestDoctorShowsProgressOnATerminal(t *testing.T) {
+	s := standIn(t, upstreamtest.Options{})
+	cfg := writeConfig(t, s, t.TempDir(), s.Password())
+	tty, err := pty.Start(exec.Command(binary, "doctor", "--config", cfg))
+	if err != nil {
+		testenv.Skip(t, fmt.Sprintf("no pseudo-terminal: %v", err))
+	}
+	defer tty.Close()
+	screen := &ptyScreen{}
+	go io.Copy(screen, tty)
+	screen.waitFor(t, "Mail can flow.")
+	for _, want := range []string{"… checking dns", "\r\033[K", "✓ auth"} {
+		if !strings.Contains(screen.String(), want) {
+			t.Errorf("screen lacks %q:\n%q", want, screen.String())
+		}
 	}
 }
