@@ -52,7 +52,7 @@ func New(cfg *config.Config, log zerolog.Logger, red *redact.Redactor) (*App, er
 		return nil, cfg.KeyError("queue.dir", "cannot use %s: %v; the relay must be able to create and write it (check its owner and permissions)", cfg.Queue.Dir, errors.Unwrap(err))
 	}
 	for _, d := range q.Tightened() {
-		log.Warn().Str("stage", "queue").Str("dir", d).
+		log.Warn().Str(logging.KeyStage, "queue").Str("dir", d).
 			Str("remedy", "Nothing to do: the relay made it readable by its owner only, as queued mail is private.").
 			Msg("queue directory was readable by other users; permissions tightened to 0700")
 	}
@@ -148,7 +148,7 @@ func localCert(cfg *config.Config) (tls.Certificate, error) {
 // Start recovers the queue, starts delivery and opens the listener.
 func (a *App) Start() error {
 	for _, w := range a.cfg.ExposedSecrets() {
-		a.log.Warn().Str("remedy", "Make the file readable by its owner only.").Msg(w)
+		a.log.Warn().Str(logging.KeyRemedy, "Make the file readable by its owner only.").Msg(w)
 	}
 	unlock, err := a.q.Lock()
 	if errors.Is(err, queue.ErrLocked) {
@@ -168,11 +168,11 @@ func (a *App) Start() error {
 		return err
 	}
 	if rep.TempRemoved+rep.OrphansRemoved+rep.FailsFinished > 0 || len(rep.Quarantined) > 0 {
-		a.log.Info().Str("stage", "queue").Int("temp_removed", rep.TempRemoved).Int("orphans_removed", rep.OrphansRemoved).
+		a.log.Info().Str(logging.KeyStage, "queue").Int("temp_removed", rep.TempRemoved).Int("orphans_removed", rep.OrphansRemoved).
 			Int("fails_finished", rep.FailsFinished).Int("quarantined", len(rep.Quarantined)).Msg("queue recovered after an unclean stop")
 	}
 	for _, qe := range rep.Quarantined {
-		a.log.Error().Str("stage", "queue").Str("queue_id", qe.ID).Str("error", qe.Reason).
+		a.log.Error().Str(logging.KeyStage, "queue").Str(logging.KeyQueueID, qe.ID).Str(logging.KeyError, qe.Reason).
 			Str("remedy", "The entry was moved to the failed area; the sender should send it again.").
 			Msg("damaged queue entry quarantined")
 	}
@@ -227,6 +227,6 @@ func (a *App) Stop(ctx context.Context) error {
 	a.sched.Wait()
 	a.up.CloseIdle()
 	a.unlock()
-	a.log.Info().Int("queued", a.sched.Len()).Msg("relay stopped")
+	a.log.Info().Int(logging.KeyQueued, a.sched.Len()).Msg("relay stopped")
 	return err
 }

@@ -702,7 +702,8 @@ func TestFailureNoticeGoesToTheAccountFromTheAccount(t *testing.T) {
 		t.Fatalf("notice: %+v", got)
 	}
 	data := string(got[0].Data)
-	if !strings.Contains(data, "Subject: Undelivered: bounce-me") || !strings.Contains(data, "<nobody@example.com>: rcpt failed: no such user") {
+	if !strings.Contains(data, "Subject: Undelivered: bounce-me") || !strings.Contains(data, "<nobody@example.com>: rcpt failed: no such user") ||
+		!strings.Contains(data, "\r\nMessage-ID: <") {
 		t.Fatalf("notice text:\n%s", data)
 	}
 	// A failing notice does not produce another notice.

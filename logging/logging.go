@@ -2,9 +2,13 @@
 // a terminal, JSON for files, pipes and services, and a last line of defence
 // that masks known secrets in anything written.
 //
-// Field names are the contract of DESIGN.md: time, level, message, and where
-// they apply queue_id, stage, port, smtp_code, enhanced_code, attempt,
-// next_retry, remedy.
+// The vocabulary is in events.go: the field names (time, level, message,
+// and where they apply queue_id, message_id, from, to, stage, class, port,
+// smtp_code, enhanced_code, error, remedy, attempt, next_retry, *_ms
+// durations) and one function per event about a message or the upstream,
+// so that the same event always has the same message and fields. A warn or
+// error line carries exactly one remedy (internal/logcheck holds the
+// tests' logs to that).
 package logging
 
 import (

@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/icloud-relay/icloud-relay/internal/saslserver"
+	"github.com/icloud-relay/icloud-relay/logging"
 )
 
 // Local logins ([[listen.users]]). A password is only ever taken over TLS,
@@ -128,7 +129,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			return nil
 		}
 		n := ss.srv.logins.failed(client, local, time.Now())
-		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("username", user).Int("failures", n).
+		ss.srv.log.Warn().Str(logging.KeyStage, "accept").Str(logging.KeyClient, ss.remote).Str("username", user).Int("failures", n).
 			Str("remedy", "Check the login in the client against [[listen.users]] in the relay's config.").Msg("local login refused")
 		time.Sleep(authFailureDelay) // slows guessing
 		return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Wrong username or password for this relay (see [[listen.users]] in its config)"}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/rs/zerolog"
+
+	"github.com/icloud-relay/icloud-relay/logging"
 )
 
 // The connection guard. Every local client may be hostile or broken, so
@@ -160,7 +162,7 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		c.dataBytes += int64(n)
 	case timedOut:
 		c.srv.refusals.timedOut.event(func(ev *zerolog.Event) {
-			ev.Str("client", c.RemoteAddr().String()).Int64("timeout_ms", c.srv.cfg.Timeout.Milliseconds())
+			ev.Str(logging.KeyClient, c.RemoteAddr().String()).Int64("timeout_ms", c.srv.cfg.Timeout.Milliseconds())
 		})
 	default:
 		if c.sinceWrite += n; c.sinceWrite > maxCommandLine {
@@ -269,7 +271,7 @@ func (l *accessListener) Accept() (net.Conn, error) {
 		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 		addr := ap.Addr().Unmap()
 		if !allowed(s.cfg.Allow, addr) {
-			s.refusals.notAllowed.event(func(ev *zerolog.Event) { ev.Str("client", c.RemoteAddr().String()) })
+			s.refusals.notAllowed.event(func(ev *zerolog.Event) { ev.Str(logging.KeyClient, c.RemoteAddr().String()) })
 			go refuse(c, "554 5.7.1 Your address is not allowed to use this relay")
 			continue
 		}
@@ -277,13 +279,13 @@ func (l *accessListener) Accept() (net.Conn, error) {
 		switch s.admit(client) {
 		case tooManyInAll:
 			s.refusals.tooMany.event(func(ev *zerolog.Event) {
-				ev.Str("client", c.RemoteAddr().String()).Int("max_connections", s.cfg.MaxConnections)
+				ev.Str(logging.KeyClient, c.RemoteAddr().String()).Int("max_connections", s.cfg.MaxConnections)
 			})
 			go refuse(c, "421 4.7.0 Too many connections to this relay; try again shortly")
 			continue
 		case tooManyFromClient:
 			s.refusals.tooManyFromClient.event(func(ev *zerolog.Event) {
-				ev.Str("client", c.RemoteAddr().String()).Int("max_connections_per_client", s.cfg.MaxConnectionsPerClient)
+				ev.Str(logging.KeyClient, c.RemoteAddr().String()).Int("max_connections_per_client", s.cfg.MaxConnectionsPerClient)
 			})
 			go refuse(c, "421 4.7.0 Too many connections from your address; try again shortly")
 			continue

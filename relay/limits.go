@@ -136,7 +136,7 @@ func (s *Scheduler) dailyLimitPause(e *upstream.Error) time.Time {
 	if now.Before(s.pausedUntil) {
 		return s.pausedUntil
 	}
-	s.pausedUntil = s.sent.frees(now)
+	s.pausedUntil, s.pausedFor = s.sent.frees(now), upstream.HoldDailyLimit
 	msgs, rcpts := s.sent.totals(now)
 	logging.Held(s.log, e, s.pausedUntil, msgs, rcpts)
 	return s.pausedUntil

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
 // ErrBusy means the message is being delivered at this moment.
@@ -38,6 +39,22 @@ func (s *Scheduler) RetryAll() int {
 	}
 	s.resumeLocked()
 	return len(s.items)
+}
+
+// Hold says what holds every delivery now, if anything: the class of the
+// failure that did (unreachable, pause_account, throttled or
+// hold_daily_limit) and until when (zero while unreachable: until a probe
+// sees the server again).
+func (s *Scheduler) Hold() (upstream.Class, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.down != nil:
+		return upstream.Unreachable, time.Time{}
+	case s.clock.Now().Before(s.pausedUntil):
+		return s.pausedFor, s.pausedUntil
+	}
+	return "", time.Time{}
 }
 
 func (s *Scheduler) resumeLocked() {

@@ -71,6 +71,7 @@ type Scheduler struct {
 	down        *upstream.Error
 	wentDown    chan struct{} // signalled when the upstream becomes unreachable
 	pausedUntil time.Time
+	pausedFor   upstream.Class // what set pausedUntil
 	sent        sendCounter
 	wg          sync.WaitGroup
 }
@@ -125,7 +126,7 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	if len(msgs) > 0 {
-		s.log.Info().Int("queued", len(msgs)).Msg("picked up queued messages")
+		s.log.Info().Int(logging.KeyQueued, len(msgs)).Msg("picked up queued messages")
 	}
 	for i := 0; i < s.pol.Workers; i++ {
 		s.wg.Add(1)
@@ -184,7 +185,7 @@ func (s *Scheduler) Settle(id string) (Outcome, error) {
 	s.mu.Unlock()
 	if p != nil && p.whole {
 		if err := s.q.Discard(st); err != nil {
-			s.log.Warn().Err(err).Str("queue_id", id).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("delivered, but its staged data could not be removed")
+			s.log.Warn().Err(err).Str(logging.KeyQueueID, id).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Msg("delivered, but its staged data could not be removed")
 		}
 		it.removed = true
 	} else if err := s.q.Commit(st, it.snapshot); err != nil {
@@ -366,7 +367,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 	var bodies []io.Closer
 	for _, it := range batch {
 		m := it.msg
-		log := s.log.With().Str("queue_id", m.ID).Logger()
+		log := s.log.With().Str(logging.KeyQueueID, m.ID).Logger()
 		if !now.Before(m.Received.Add(s.pol.MaxAge)) {
 			s.finish(it, log, false, func() { s.expire(it, log) })
 			continue
@@ -378,7 +379,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 		m.Attempts++
 		m.NextAttempt = now.Add(Backoff(m.Attempts, s.pol.RetryMin, s.pol.RetryMax, rand.Float64()))
 		if err := s.saveRetry(m); err != nil {
-			log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Int("attempt", m.Attempts).
+			log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Int(logging.KeyAttempt, m.Attempts).
 				Msg("cannot record delivery attempt; will retry")
 			s.finish(it, log, false, func() { s.release(it, false, Outcome{}) })
 			continue
@@ -434,7 +435,7 @@ func (s *Scheduler) fileDelivery(ctx context.Context, it *item, log zerolog.Logg
 	s.finish(it, log, whole, func() {
 		if interrupted {
 			// Cut short by shutdown: not a failure of the message.
-			log.Info().Int("attempt", it.msg.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
+			log.Info().Int(logging.KeyAttempt, it.msg.Attempts).Msg("delivery interrupted by shutdown; the message stays queued")
 			s.release(it, false, Outcome{})
 			return
 		}
@@ -588,13 +589,13 @@ func (s *Scheduler) upstreamState(e *upstream.Error) time.Time {
 	switch e.Class {
 	case upstream.PauseAccount:
 		if !now.Before(s.pausedUntil) {
-			s.pausedUntil = now.Add(s.pol.AuthPause)
+			s.pausedUntil, s.pausedFor = now.Add(s.pol.AuthPause), upstream.PauseAccount
 			logging.Paused(s.log, e, s.pausedUntil)
 		}
 	case upstream.Throttled:
 		// Refused for now, e.g. too many logins: back off as a whole.
 		if until := now.Add(s.pol.RetryMin); until.After(s.pausedUntil) {
-			s.pausedUntil = until
+			s.pausedUntil, s.pausedFor = until, upstream.Throttled
 		}
 	case upstream.Unreachable:
 		if s.down == nil {

@@ -251,7 +251,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	upFrom, refusal := ss.srv.in.Sender(from)
 	if refusal != nil {
-		ss.srv.log.Warn().Str("stage", "accept").Str("client", ss.remote).Str("from", from).Int("smtp_code", refusal.Code).
+		ss.srv.log.Warn().Str(logging.KeyStage, "accept").Str(logging.KeyClient, ss.remote).Str(logging.KeyFrom, from).Int(logging.KeyCode, refusal.Code).
 			Str("remedy", "Send from the iCloud address or an alias, list the address in sender.aliases, or set sender.rewrite.").
 			Msg("sender refused: not an address iCloud accepts, and sender.rewrite is off")
 		return refusal
@@ -336,18 +336,18 @@ func (ss *session) intakeFailed(err error) *smtp.SMTPError {
 	var se *smtp.SMTPError
 	switch {
 	case errors.Is(err, smtp.ErrDataTooLarge):
-		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("limit", s.in.Limit()).
+		s.log.Warn().Str(logging.KeyStage, "accept").Str(logging.KeyClient, ss.remote).Int64("limit", s.in.Limit()).
 			Str("remedy", "Send a smaller message (attachments of a few MB at most), or raise listen.max_message_size up to iCloud's limit of about 20 MB.").
 			Msg("message refused: too large")
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
 			Message: fmt.Sprintf("Message too large: this relay accepts up to %d bytes (iCloud's limit is about 20 MB)", s.in.Limit())}
 	case errors.As(err, &le):
-		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("line", le.Line).Int64("line_length", le.Length).
+		s.log.Warn().Str(logging.KeyStage, "accept").Str(logging.KeyClient, ss.remote).Int64("line", le.Line).Int64("line_length", le.Length).
 			Str("remedy", "Have the program send lines of at most 998 characters (or send the content as an attachment).").
 			Msg("message refused: a line too long to deliver")
 		return le.SMTPReply()
 	case errors.As(err, &ge):
-		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("size", ge.size).Int64("limit", s.in.Limit()).
+		s.log.Warn().Str(logging.KeyStage, "accept").Str(logging.KeyClient, ss.remote).Int64(logging.KeySize, ge.size).Int64("limit", s.in.Limit()).
 			Str("remedy", "Send a smaller message, or one with lines of at most 998 characters.").
 			Msg("message refused: too large once its long lines are re-encoded")
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4},
@@ -356,15 +356,15 @@ func (ss *session) intakeFailed(err error) *smtp.SMTPError {
 		return se // the sender policy's refusal
 	case errors.As(err, &ce) && errors.As(err, &se):
 		// The guard's own reply: the client stalled mid-message.
-		s.log.Warn().Str("stage", "accept").Str("client", ss.remote).Int64("timeout_ms", s.cfg.Timeout.Milliseconds()).
+		s.log.Warn().Str(logging.KeyStage, "accept").Str(logging.KeyClient, ss.remote).Int64("timeout_ms", s.cfg.Timeout.Milliseconds()).
 			Str("remedy", "The client stopped sending in the middle of a message; the message was not taken and the client must send it again. For a very slow client raise listen.timeout.").
 			Msg("client stalled in the middle of a message; closed")
 		return se
 	case errors.As(err, &ce):
-		s.log.Info().Str("stage", "accept").Str("client", ss.remote).Err(ce.err).Msg("client hung up in the middle of a message; nothing was taken")
+		s.log.Info().Str(logging.KeyStage, "accept").Str(logging.KeyClient, ss.remote).Err(ce.err).Msg("client hung up in the middle of a message; nothing was taken")
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 0}, Message: "The message did not arrive whole; closing"}
 	}
-	s.log.Error().Err(err).Str("stage", "queue").Str("client", ss.remote).
+	s.log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyClient, ss.remote).
 		Str(logging.KeyRemedy, logging.RemedyQueueDir).
 		Msg("cannot store an incoming message; the client was told to retry")
 	return storeFailed(err)
@@ -457,9 +457,9 @@ func (e *clientError) Unwrap() error { return e.err }
 type errorLog struct{ log zerolog.Logger }
 
 func (e errorLog) Printf(format string, v ...interface{}) {
-	e.log.Debug().Str("stage", "accept").Msgf(format, v...)
+	e.log.Debug().Str(logging.KeyStage, "accept").Msgf(format, v...)
 }
 
 func (e errorLog) Println(v ...interface{}) {
-	e.log.Debug().Str("stage", "accept").Msg(fmt.Sprint(v...))
+	e.log.Debug().Str(logging.KeyStage, "accept").Msg(fmt.Sprint(v...))
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/icloud-relay/icloud-relay/logging"
 )
 
 // throttledEvent is a log event that a flood must not turn into a flood of
@@ -36,9 +38,9 @@ func (t *throttledEvent) event(fields func(*zerolog.Event)) {
 	}
 	t.until = now.Add(t.every)
 	t.mu.Unlock()
-	ev := t.log.WithLevel(t.level).Str("stage", "accept")
+	ev := t.log.WithLevel(t.level).Str(logging.KeyStage, "accept")
 	fields(ev)
-	ev.Str("remedy", t.remedy).Msg(t.msg)
+	ev.Str(logging.KeyRemedy, t.remedy).Msg(t.msg)
 }
 
 func (t *throttledEvent) summary() {
@@ -47,7 +49,7 @@ func (t *throttledEvent) summary() {
 	t.held, t.timer = 0, nil
 	t.mu.Unlock()
 	if n > 0 {
-		t.log.WithLevel(t.level).Str("stage", "accept").Int("repeated", n).Int64("interval_ms", t.every.Milliseconds()).
+		t.log.WithLevel(t.level).Str(logging.KeyStage, "accept").Int("repeated", n).Int64("interval_ms", t.every.Milliseconds()).
 			Str("remedy", t.remedy).Msg(t.msg + " (repeated)")
 	}
 }

@@ -196,7 +196,7 @@ func runCmd(args []string) int {
 		log := prog.Log()
 		var ke *config.KeyError
 		if errors.As(err, &ke) {
-			log.Error().Err(err).Str("stage", "queue").Str("remedy", "Fix the config file at the line named, or the directory it names.").Msg("relay cannot start: config error")
+			log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, "Fix the config file at the line named, or the directory it names.").Msg("relay cannot start: config error")
 			fmt.Fprintf(os.Stderr, "icloud-relay: config error:\n%v\n", ke)
 			return exitUsage
 		}
@@ -279,7 +279,7 @@ func benchCmd(args []string) int {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	n := fs.Int("messages", 1000, "messages per mode and concurrency")
 	rounds := fs.Int("rounds", 4, "the modes take turns in this many rounds per concurrency level")
-	size := fs.Int("size", 4096, "message size in bytes")
+	size := fs.Int(logging.KeySize, 4096, "message size in bytes")
 	conc := fs.String("concurrency", "1,8,32", "comma-separated client concurrency levels")
 	sync := fs.String("sync-window", "10s", "the relay's delivery.sync_window")
 	big := fs.Bool("big", true, "also relay one 20 MiB message and report the RSS growth")

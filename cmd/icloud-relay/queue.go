@@ -144,6 +144,7 @@ type entry struct {
 	Attempts  int               `json:"attempts"`
 	LastError *queue.Outcome    `json:"last_error,omitempty"`
 	NextRetry *time.Time        `json:"next_retry,omitempty"`
+	HeldBy    string            `json:"held_by,omitempty"` // the class holding every delivery (upstream.Class)
 	Final     *queue.Outcome    `json:"final,omitempty"`
 	Headers   string            `json:"headers,omitempty"`
 	History   []queue.Outcome   `json:"history,omitempty"`
@@ -164,10 +165,14 @@ func toEntry(m *queue.Message, active bool) entry {
 
 // listing turns msgs into entries and prints them as JSON, or says empty
 // when there are none; it returns the entries still to print as text.
-func (o *output) listing(msgs []*queue.Message, active bool, empty string) []entry {
+func (o *output) listing(msgs []*queue.Message, active bool, empty string, adjust func(*entry)) []entry {
 	entries := []entry{}
 	for _, m := range msgs {
-		entries = append(entries, toEntry(m, active))
+		e := toEntry(m, active)
+		if adjust != nil {
+			adjust(&e)
+		}
+		entries = append(entries, e)
 	}
 	switch {
 	case o.json:
@@ -184,7 +189,20 @@ func listQueue(q *control.Queue, o *output) error {
 	if err != nil {
 		return err
 	}
-	entries := o.listing(msgs, true, "The queue is empty.")
+	// While the relay holds every delivery (a refused login, the daily
+	// limit, no server), the next try is not the message's own.
+	class, until, err := q.Hold()
+	if err != nil {
+		return err
+	}
+	entries := o.listing(msgs, true, "The queue is empty.", func(e *entry) {
+		if e.NextRetry != nil && class != "" {
+			e.HeldBy = string(class)
+			if until.After(*e.NextRetry) {
+				e.NextRetry = &until
+			}
+		}
+	})
 	if len(entries) == 0 {
 		return nil
 	}
@@ -199,6 +217,9 @@ func listQueue(q *control.Queue, o *output) error {
 		if d := time.Until(*e.NextRetry); d > 0 {
 			next = "in " + d.Round(time.Second).String()
 		}
+		if e.HeldBy != "" {
+			next = heldText(upstream.Class(e.HeldBy), next)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", e.ID, age(e.Received), e.From, rcptList(e.Rcpts, queue.Pending), size(e.Size), e.Attempts, last, next)
 	}
 	return tw.Flush()
@@ -209,7 +230,7 @@ func listFailed(q *control.Queue, o *output) error {
 	if err != nil {
 		return err
 	}
-	for _, e := range o.listing(msgs, false, "No failed messages.") {
+	for _, e := range o.listing(msgs, false, "No failed messages.", nil) {
 		fmt.Fprintf(o.w, "%s  from %s to %s, %s, %d attempts\n", e.ID, e.From, rcptList(e.Rcpts, queue.Failed), size(e.Size), e.Attempts)
 		if f := e.Final; f != nil {
 			fmt.Fprintf(o.w, "  failed %s at %s: %s\n", f.Time.Local().Format(time.DateTime), describeStage(f), f.Text)
@@ -272,6 +293,21 @@ func showMessage(q *control.Queue, id string, o *output) error {
 		}
 	}
 	return nil
+}
+
+// heldText is the next try of a message held with every other one.
+func heldText(c upstream.Class, next string) string {
+	switch c {
+	case upstream.Unreachable:
+		return "when the server answers"
+	case upstream.PauseAccount:
+		return "held (login refused), " + next
+	case upstream.Throttled:
+		return "held (logins refused for now), " + next
+	case upstream.HoldDailyLimit:
+		return "held (daily limit), " + next
+	}
+	return next
 }
 
 // describeStage names where an attempt failed and, when the record has

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
 
@@ -25,6 +26,7 @@ type jsonEntry struct {
 		Text  string
 	} `json:"last_error"`
 	NextRetry *time.Time `json:"next_retry"`
+	HeldBy    string     `json:"held_by"`
 	Final     *struct {
 		Stage string
 		Code  int `json:"smtp_code"`
@@ -205,5 +207,26 @@ func TestQueueCommandsWithoutARunningRelay(t *testing.T) {
 	code, out := runCLI(t, "run", "--config", cfg)
 	if code != 1 || !strings.Contains(out, "already uses the queue") {
 		t.Fatalf("second relay: exit %d\n%s", code, out)
+	}
+}
+
+// While a refused login pauses every delivery, queue list says the
+// message is held and when it goes, not "now".
+func TestQueueListShowsAHold(t *testing.T) {
+	s := standIn(t, upstreamtest.Options{})
+	s.SetFaults(upstreamtest.Faults{AuthFail: true})
+	cfg := writeConfig(t, s, t.TempDir(), s.Password())
+	p := startProc(t, "run", "--config", cfg)
+	addr := p.waitLog(t, "listening for local mail clients")["addr"].(string)
+	if err := sendTo(addr, "held"); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, logging.EvPaused)
+	entries := queueJSON(t, cfg, "list")
+	if len(entries) != 1 || entries[0].HeldBy != "pause_account" || entries[0].NextRetry == nil || time.Until(*entries[0].NextRetry) < 30*time.Minute {
+		t.Fatalf("list --json: %+v, want held by pause_account until the pause ends", entries)
+	}
+	if code, out := runCLI(t, "queue", "list", "--config", cfg); code != 0 || !strings.Contains(out, "held (login refused), in ") {
+		t.Fatalf("list: exit %d\n%s", code, out)
 	}
 }

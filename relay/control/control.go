@@ -34,7 +34,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/icloud-relay/icloud-relay/internal/redact"
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
 const (
@@ -50,6 +52,7 @@ type Ops interface {
 	RetryAll() int
 	Delete(id string) error
 	Requeue(id string) error
+	Hold() (upstream.Class, time.Time)
 }
 
 type endpoint struct {
@@ -85,9 +88,11 @@ type request struct {
 }
 
 type reply struct {
-	Error    string `json:"error,omitempty"`
-	NotFound bool   `json:"not_found,omitempty"`
-	Queued   int    `json:"queued,omitempty"`
+	Error    string     `json:"error,omitempty"`
+	NotFound bool       `json:"not_found,omitempty"`
+	Queued   int        `json:"queued,omitempty"`
+	Hold     string     `json:"hold,omitempty"`
+	Until    *time.Time `json:"until,omitempty"`
 }
 
 // Serve starts the API for ops and publishes its endpoint in dir; red
@@ -123,7 +128,7 @@ func (s *Server) serve() {
 		if err != nil {
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 			s.trouble("accept", func() {
-				s.log.Error().Err(err).Str("stage", "accept").Int64("retry_in_ms", delay.Milliseconds()).
+				s.log.Error().Err(err).Str(logging.KeyStage, "accept").Int64("retry_in_ms", delay.Milliseconds()).
 					Str("remedy", "The relay is out of open files: too many connections are open to it. It goes on by itself; raise the open-file limit (ulimit -n, LimitNOFILE=) if this repeats.").
 					Msg("control API cannot accept a connection; retrying")
 			})
@@ -136,7 +141,7 @@ func (s *Server) serve() {
 		default:
 			c.Close()
 			s.trouble("busy", func() {
-				s.log.Warn().Str("stage", "accept").Int("max_connections", maxConns).
+				s.log.Warn().Str(logging.KeyStage, "accept").Int("max_connections", maxConns).
 					Str("remedy", "Something on this machine opens many connections to the relay's control port; queue commands retry by themselves.").
 					Msg("control API busy: connection closed")
 			})
@@ -192,6 +197,12 @@ func (s *Server) handle(req request) reply {
 		err = s.ops.Delete(req.ID)
 	case "requeue":
 		err = s.ops.Requeue(req.ID)
+	case "hold":
+		class, until := s.ops.Hold()
+		r.Hold = string(class)
+		if !until.IsZero() {
+			r.Until = &until
+		}
 	case "reload":
 		if s.reload == nil {
 			err = errors.New("this relay does not take reloads")
@@ -299,6 +310,21 @@ func (q *Queue) Delete(id string) error {
 		return err
 	}
 	return q.RemoveFailed(id)
+}
+
+// Hold is what holds every delivery of the running relay, if anything:
+// the class of the failure that did (see upstream.Class) and until when
+// (zero: until the server answers again). A queue with no relay running
+// holds nothing.
+func (q *Queue) Hold() (upstream.Class, time.Time, error) {
+	if q.ep == nil {
+		return "", time.Time{}, nil
+	}
+	r, err := q.call("hold", "")
+	if err != nil || r.Until == nil {
+		return upstream.Class(r.Hold), time.Time{}, err
+	}
+	return upstream.Class(r.Hold), *r.Until, nil
 }
 
 // ErrNotRunning: no relay runs on the queue.
