@@ -36,7 +36,10 @@ func (d Definition) config() (*kservice.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := Config([]string{"run", "--config", cfgPath})
+	// --service: the process knows it runs under the service manager
+	// without guessing (Windows' guess fails under Wine, where the
+	// service manager's session is not 0).
+	c := Config([]string{"run", "--config", cfgPath, "--service"})
 	c.Executable = exe
 	c.Option = kservice.KeyValue{
 		"UserService": d.User,

@@ -38,7 +38,7 @@ func TestDefinitionRunsTheRelayWithAnAbsoluteConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Arguments) != 3 || c.Arguments[0] != "run" || c.Arguments[1] != "--config" || !filepath.IsAbs(c.Arguments[2]) {
+	if len(c.Arguments) != 4 || c.Arguments[0] != "run" || c.Arguments[1] != "--config" || !filepath.IsAbs(c.Arguments[2]) || c.Arguments[3] != "--service" {
 		t.Fatalf("arguments %v: the service manager's working directory is not ours", c.Arguments)
 	}
 	if c.Option["UserService"] != true || c.Executable == "" {

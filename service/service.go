@@ -46,21 +46,23 @@ func Config(args []string) *kservice.Config {
 }
 
 // Interactive reports whether the process runs from a terminal rather than
-// under a service manager.
+// under a service manager, as far as the OS can tell.
 func Interactive() bool { return kservice.Interactive() }
 
 // Run runs r until the service manager or a signal (SIGINT, SIGTERM) stops it.
-// Under a service manager, start, stop and failure also go to the OS's
-// service log (Windows event log, syslog) where kardianos/service offers one.
-func Run(r Runner) error {
+// managed says it was started by the service manager (the command line
+// that install writes says so); otherwise the OS is asked. Under a service
+// manager, start, stop and failure also go to the OS's service log
+// (Windows event log, syslog) where kardianos/service offers one.
+func Run(r Runner, managed bool) error {
 	defer watchReload(r)()
-	if !kservice.Interactive() {
+	if managed || !kservice.Interactive() {
 		p := &program{r: r}
 		if s, err := kservice.New(p, Config(nil)); err == nil {
 			if sl, err := s.Logger(nil); err == nil {
 				p.syslog = sl
 			}
-			return s.Run()
+			return runManaged(s, p)
 		}
 	}
 	if err := r.Start(); err != nil {

@@ -166,6 +166,7 @@ func flagsAndConfig(fs *flag.FlagSet, args []string, cfgPath *string) (*config.C
 func runCmd(args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cfgPath := configFlag(fs)
+	managed := fs.Bool("service", false, "run under the OS service manager (the service that install makes passes it)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "Usage: icloud-relay run [--config FILE]\n\nRelays mail in the foreground until SIGINT or SIGTERM.")
 		fs.PrintDefaults()
@@ -175,7 +176,7 @@ func runCmd(args []string) int {
 		return code
 	}
 	red := cfg.Redactor()
-	interactive := service.Interactive()
+	interactive := !*managed && service.Interactive()
 	logs := func(cfg *config.Config) (zerolog.Logger, io.Closer, error) {
 		file := cfg.Log.File
 		if file == "" && !interactive {
@@ -192,7 +193,7 @@ func runCmd(args []string) int {
 		return exitUsage
 	}
 	defer prog.Close()
-	if err := service.Run(prog); err != nil {
+	if err := service.Run(prog, !interactive); err != nil {
 		log := prog.Log()
 		var ke *config.KeyError
 		if errors.As(err, &ke) {

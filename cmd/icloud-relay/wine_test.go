@@ -1,0 +1,277 @@
+//go:build linux
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/icloud-relay/icloud-relay/internal/testenv"
+	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
+)
+
+// wine is a Wine prefix of the test's own with the Windows build of the
+// relay in it, at C:\relay\icloud-relay.exe.
+type wine struct {
+	t      *testing.T
+	loader string // wine64
+	prefix string
+	dir    string // C:\relay, as a Linux path
+}
+
+// newWine makes the prefix: wineboot, the ProcessPrng shim Go's runtime
+// needs (testdata/wine), and the Windows build. It needs Debian's wine64
+// and gcc-mingw-w64-x86-64 (.ci/run installs them).
+func newWine(t *testing.T) *wine {
+	t.Helper()
+	loader, err := exec.LookPath("wine64")
+	if err != nil {
+		loader = "/usr/lib/wine/wine64" // Debian puts it here, off PATH
+	}
+	gcc, gerr := exec.LookPath("x86_64-w64-mingw32-gcc")
+	if _, err := os.Stat(loader); err != nil || gerr != nil {
+		testenv.Skip(t, "the Windows test needs Debian's wine64 and gcc-mingw-w64-x86-64")
+	}
+	w := &wine{t: t, loader: loader, prefix: t.TempDir()}
+	w.dir = filepath.Join(w.prefix, "drive_c", "relay")
+	t.Cleanup(func() { w.run(filepath.Join(filepath.Dir(loader), "wineserver"), "-k") })
+	if out, code := w.run(loader, "wineboot", "--init"); code != 0 {
+		t.Fatalf("wineboot: exit %d\n%s", code, out)
+	}
+	// Let the new prefix settle (its first service manager exits), then
+	// keep a persistent wineserver: without it Wine ends the service
+	// manager and its services as soon as the last ordinary program exits,
+	// so a service would live only as long as the command that started it;
+	// and a command run while the prefix still settles can start a second
+	// service manager, after which services come and go at random.
+	wineserver := filepath.Join(filepath.Dir(loader), "wineserver")
+	w.run(wineserver, "-w")
+	server := exec.Command(wineserver, "-p")
+	server.Env = w.env()
+	if err := server.Start(); err != nil {
+		t.Fatalf("wineserver: %v", err)
+	}
+	go server.Wait()
+	dll := filepath.Join(w.prefix, "drive_c", "windows", "system32", "bcryptprimitives.dll")
+	if out, err := exec.Command(gcc, "-O2", "-shared", "-o", dll, "testdata/wine/processprng.c", "testdata/wine/bcryptprimitives.def", "-ladvapi32").CombinedOutput(); err != nil {
+		t.Fatalf("the ProcessPrng shim: %v\n%s", err, out)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(w.dir, "icloud-relay.exe"), ".")
+	build.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("the Windows build: %v\n%s", err, out)
+	}
+	return w
+}
+
+func (w *wine) env() []string {
+	return append(os.Environ(), "WINEPREFIX="+w.prefix, "WINEDEBUG=-all")
+}
+
+// winPath is the Windows name of a path under C:\relay.
+func (w *wine) winPath(linux string) string {
+	rel, err := filepath.Rel(filepath.Join(w.prefix, "drive_c"), linux)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return `C:\` + strings.ReplaceAll(rel, "/", `\`)
+}
+
+// run runs a command in the prefix and returns its output and exit code.
+// The output goes through a file, not a pipe: a program the command
+// starts (the service manager, a service) keeps its handles, and a pipe
+// would never see the end.
+func (w *wine) run(name string, args ...string) (string, int) {
+	w.t.Helper()
+	out, err := os.CreateTemp(w.t.TempDir(), "out")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer out.Close()
+	c := exec.Command(name, args...)
+	c.Env, c.Stdout, c.Stderr = w.env(), out, out
+	err = c.Run()
+	b, _ := os.ReadFile(out.Name())
+	if err != nil && c.ProcessState == nil {
+		w.t.Fatalf("%s: %v", name, err)
+	}
+	return string(b), c.ProcessState.ExitCode()
+}
+
+// relay runs the relay's Windows build with args, as run does.
+func (w *wine) relay(args ...string) (string, int) {
+	w.t.Helper()
+	return w.run(w.loader, append([]string{filepath.Join(w.dir, "icloud-relay.exe")}, args...)...)
+}
+
+// cmd is the relay's Windows build run with args.
+func (w *wine) cmd(args ...string) *exec.Cmd {
+	c := exec.Command(w.loader, append([]string{filepath.Join(w.dir, "icloud-relay.exe")}, args...)...)
+	c.Env = w.env()
+	return c
+}
+
+// config writes a config for the Windows relay: queue and CA under C:\relay.
+func (w *wine) config(s *upstreamtest.Server, listen string) string {
+	w.t.Helper()
+	ca, err := s.WriteCA(w.dir)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	text := fmt.Sprintf(`[listen]
+addr = %q
+[upstream]
+host = %q
+starttls_port = %d
+tls_port = %d
+username = %q
+password = %q
+ca_file = %q
+connect_timeout = "2s"
+timeout = "2s"
+[queue]
+dir = %q
+[delivery]
+probe_interval = "200ms"
+retry_min = "1h"
+retry_max = "2h"
+sync_window = "0s"
+[log]
+format = "json"
+`, listen, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), s.Password(), w.winPath(ca), w.winPath(filepath.Join(w.dir, "queue")))
+	path := filepath.Join(w.dir, "config.toml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	return w.winPath(path)
+}
+
+// The Windows build, run under Wine against the stand-in on loopback:
+// the demo; relaying; a refusal queued on disk under C:\, kept across a
+// kill and delivered after the restart; the queue commands.
+func TestWindowsBuildUnderWine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	start := time.Now()
+	w := newWine(t)
+	t.Logf("prefix, shim and Windows build ready in %s", time.Since(start).Round(time.Millisecond))
+
+	step := time.Now()
+	if out, code := w.relay("demo"); code != 0 || !strings.Contains(out, "It works") {
+		t.Fatalf("demo under Wine: exit %d\n%s", code, out)
+	}
+	t.Logf("demo: %s", time.Since(step).Round(time.Millisecond))
+
+	s := standIn(t, upstreamtest.Options{})
+	addr := freeAddr(t)
+	cfg := w.config(s, addr)
+	step = time.Now()
+	p := startCmd(t, w.cmd("run", "--config", cfg))
+	p.waitLog(t, "relay started")
+	if err := sendTo(addr, "from windows"); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.WaitMessages(1, 20*time.Second); len(got) != 1 {
+		t.Fatalf("delivered %d, want 1", len(got))
+	}
+	t.Logf("run and deliver: %s", time.Since(step).Round(time.Millisecond))
+
+	// Refused for now: queued on disk, under C:\relay\queue.
+	step = time.Now()
+	s.SetFaults(upstreamtest.Faults{Data: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}})
+	if err := sendTo(addr, "queued on windows"); err != nil {
+		t.Fatal(err)
+	}
+	out, code := w.relay("queue", "list", "--json", "--config", cfg)
+	var entries []struct {
+		ID       string
+		Attempts int
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &entries) != nil || len(entries) != 1 {
+		t.Fatalf("queue list under Wine: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(w.dir, "queue", "active", entries[0].ID+".json")); err != nil {
+		t.Fatalf("not on disk: %v", err)
+	}
+	// Killed, then started again with the upstream back: delivered.
+	p.cmd.Process.Kill()
+	<-p.done
+	s.SetFaults(upstreamtest.Faults{})
+	p = startCmd(t, w.cmd("run", "--config", cfg))
+	p.waitLog(t, "relay started")
+	if got := s.WaitMessages(2, 20*time.Second); len(got) != 2 {
+		t.Fatalf("after the restart %d delivered, want 2", len(got))
+	}
+	if left := waitQueueEmpty(w.dir, 10*time.Second); len(left) != 0 {
+		t.Fatalf("left in the queue after delivery: %v", left)
+	}
+	t.Logf("queued, killed, restarted, delivered: %s", time.Since(step).Round(time.Millisecond))
+
+	// queue retry --all through the running relay's control API: the
+	// message would otherwise wait an hour (retry_min).
+	step = time.Now()
+	s.SetFaults(upstreamtest.Faults{Data: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}})
+	if err := sendTo(addr, "retried on windows"); err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog(t, "delivery failed; will retry")
+	s.SetFaults(upstreamtest.Faults{})
+	if out, code := w.relay("queue", "retry", "--all", "--config", cfg); code != 0 {
+		t.Fatalf("queue retry --all: exit %d\n%s", code, out)
+	}
+	if got := s.WaitMessages(3, 20*time.Second); len(got) != 3 {
+		t.Fatalf("after retry %d delivered, want 3", len(got))
+	}
+	t.Logf("queue retry --all: %s", time.Since(step).Round(time.Millisecond))
+	p.cmd.Process.Kill()
+	<-p.done
+
+	// As a service, through Wine's service manager.
+	step = time.Now()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"install", "--config", cfg}, "Next: icloud-relay start"},
+		{[]string{"start"}, ""},
+		{[]string{"status"}, "service: running"},
+	} {
+		out, code := w.relay(c.args...)
+		if (code != 0 && c.args[0] != "status") || !strings.Contains(out, c.want) { // status exits 1 unless running
+			t.Fatalf("%v: exit %d\n%s", c.args, code, out)
+		}
+	}
+	if err := sendTo(addr, "through the service"); err != nil {
+		t.Fatalf("the service does not take mail: %v", err)
+	}
+	if got := s.WaitMessages(4, 20*time.Second); len(got) != 4 {
+		t.Fatalf("through the service %d delivered, want 4", len(got))
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"stop"}, ""},
+		{[]string{"status"}, "service: stopped"},
+		{[]string{"uninstall"}, "Service removed"},
+		{[]string{"status"}, "not installed"},
+	} {
+		out, code := w.relay(c.args...)
+		if (code != 0 && c.args[0] != "status") || !strings.Contains(out, c.want) { // status exits 1 unless running
+			t.Fatalf("%v: exit %d\n%s", c.args, code, out)
+		}
+	}
+	if err := sendTo(addr, "after the stop"); err == nil {
+		t.Fatal("the relay still takes mail after the service was stopped")
+	}
+	t.Logf("service install, start, status, deliver, stop, uninstall: %s; all steps %s", time.Since(step).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+}
