@@ -406,9 +406,9 @@ func (c *Config) validate(file string, lines map[string]int, secret bool) error 
 		// Checked now, though the relay loads it only at its first
 		// connection: a bad file should stop it at start, not later.
 		if pem, err := readLimited(c.Upstream.CAFile, 16<<20); err != nil {
-			bad("upstream.ca_file", "cannot read %q: %v", c.Upstream.CAFile, err)
+			bad("upstream.ca_file", "cannot read \"%s\": %v", c.Upstream.CAFile, err)
 		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-			bad("upstream.ca_file", "%q holds no PEM certificate", c.Upstream.CAFile)
+			bad("upstream.ca_file", "\"%s\" holds no PEM certificate", c.Upstream.CAFile)
 		}
 	}
 	if c.Upstream.HeloName == "" || strings.EqualFold(c.Upstream.HeloName, "localhost") {
@@ -542,11 +542,11 @@ func (c *Config) resolvePassword(read bool) *KeyError {
 	case u.PasswordFile != "":
 		b, err := readLimited(u.PasswordFile, 64<<10)
 		if err != nil {
-			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("cannot read %q: %v", u.PasswordFile, err)}
+			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("cannot read \"%s\": %v", u.PasswordFile, err)}
 		}
 		v := strings.TrimSpace(string(b))
 		if v == "" {
-			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("%q is empty", u.PasswordFile)}
+			return &KeyError{Key: "upstream.password_file", Msg: fmt.Sprintf("\"%s\" is empty", u.PasswordFile)}
 		}
 		u.Password = Secret(v)
 	}

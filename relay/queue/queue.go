@@ -305,20 +305,28 @@ func (q *Queue) Rewrite(st *Staged, m *Message, rewrite func(open func() (io.Rea
 	}
 	info, err := tmp.Stat()
 	if err == nil {
-		// On Windows an open file cannot be replaced: close both first.
+		// On Windows an open file can be neither replaced nor renamed:
+		// close every handle first, and open the new data again after.
 		for _, f := range opened {
 			f.Close()
 		}
 		opened = nil
 		st.f.Close()
-		err = q.fs.Rename(tmp.Name(), path)
+		if err = tmp.Close(); err == nil {
+			err = q.fs.Rename(tmp.Name(), path)
+		}
 	}
 	if err != nil {
 		tmp.Close()
 		q.fs.Remove(tmp.Name())
 		return &Error{Op: "rewrite", ID: st.id, Err: err}
 	}
-	st.f, m.Size = tmp, info.Size()
+	// Read-write: Commit syncs it, which Windows allows only so.
+	f, err := q.fs.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return &Error{Op: "rewrite", ID: st.id, Err: err}
+	}
+	st.f, m.Size = f, info.Size()
 	return nil
 }
 

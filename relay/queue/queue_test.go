@@ -217,7 +217,8 @@ func TestStagedMessageLifecycle(t *testing.T) {
 	body := "Subject: staged\r\n\r\nbody\r\n"
 
 	lost := newMsg()
-	if _, err := q.Stage(lost, strings.NewReader(body)); err != nil {
+	lostStaged, err := q.Stage(lost, strings.NewReader(body))
+	if err != nil {
 		t.Fatal(err)
 	}
 	if b, err := q.Body(lost.ID); err != nil {
@@ -228,7 +229,9 @@ func TestStagedMessageLifecycle(t *testing.T) {
 	if active, _ := q.Active(); len(active) != 0 {
 		t.Fatalf("staged message listed as queued: %v", active)
 	}
-	// Restart (the process died before committing): nothing remains.
+	// Restart (the process died before committing): nothing remains. A
+	// dead process holds no handle (Windows cannot remove an open file).
+	lostStaged.f.Close()
 	rep, err := mustOpen(t, dir).Recover()
 	if err != nil || rep.OrphansRemoved != 1 {
 		t.Fatalf("recover: %+v %v", rep, err)
