@@ -24,6 +24,9 @@ var ErrNeedAdmin = errors.New("this needs administrator rights: run it as Admini
 type Definition struct {
 	ConfigPath string
 	User       bool
+	// Writable are the directories the relay writes (its queue and logs):
+	// the system service on Linux may write nowhere else.
+	Writable []string
 }
 
 func (d Definition) config() (*kservice.Config, error) {
@@ -41,6 +44,12 @@ func (d Definition) config() (*kservice.Config, error) {
 	// service manager's session is not 0).
 	c := Config([]string{"run", "--config", cfgPath, "--service"})
 	c.Executable = exe
+	var writable []string
+	for _, w := range d.Writable {
+		if abs, err := filepath.Abs(w); err == nil {
+			writable = append(writable, abs)
+		}
+	}
 	c.Option = kservice.KeyValue{
 		"UserService": d.User,
 		// Start at boot and come back after a crash.
@@ -50,6 +59,11 @@ func (d Definition) config() (*kservice.Config, error) {
 		"StartType":              "automatic",
 		"OnFailure":              "restart",
 		"OnFailureDelayDuration": "10s",
+	}
+	if !d.User {
+		// Used by systemd only. kardianos/service parses it as a template:
+		// it has no braces, so it is written as it is.
+		c.Option["SystemdScript"] = systemdUnit(exe, c.Arguments, writable, cfgPath)
 	}
 	return c, nil
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/icloud-relay/icloud-relay/config"
@@ -38,6 +39,7 @@ func serviceCmd(action string) func([]string) int {
 			if cfg, ok = loadConfig(*cfgPath); !ok {
 				return exitUsage
 			}
+			def.Writable = []string{cfg.Queue.Dir, filepath.Dir(serviceLogFile(cfg, *user))}
 		}
 		if err := service.Control(action, def); err != nil {
 			fmt.Fprintf(os.Stderr, "icloud-relay %s: %v\n", action, err)
@@ -64,11 +66,17 @@ var serviceHelp = map[string]string{
 	"status":    "Says whether the service runs, and what the queue holds.",
 }
 
-func printInstalled(cfg *config.Config, user bool) {
-	logs := cfg.Log.File
-	if logs == "" {
-		logs = config.DefaultPaths(user).Log
+// serviceLogFile is where the service logs: log.file, or the per-OS
+// default under a service manager.
+func serviceLogFile(cfg *config.Config, user bool) string {
+	if cfg.Log.File != "" {
+		return cfg.Log.File
 	}
+	return config.DefaultPaths(user).Log
+}
+
+func printInstalled(cfg *config.Config, user bool) {
+	logs := serviceLogFile(cfg, user)
 	fmt.Printf("Installed the icloud-relay service (%s).\n\n", service.Platform())
 	fmt.Printf("  config  %s\n  queue   %s\n  logs    %s\n\n", cfg.Path, cfg.Queue.Dir, logs)
 	flag := ""
