@@ -16,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/pelletier/go-toml/v2/unstable"
 	"github.com/zalando/go-keyring"
 
+	"github.com/icloud-relay/icloud-relay/internal/private"
 	"github.com/icloud-relay/icloud-relay/internal/redact"
 )
 
@@ -620,20 +620,17 @@ func DefaultConfigPath() string {
 // machine can read: a config holding a password inline, or a password file,
 // readable by group or others. (Windows permissions are not mode bits.)
 func (c *Config) ExposedSecrets() []string {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
 	var out []string
-	readable := func(path string) bool {
-		st, err := os.Stat(path)
-		return err == nil && st.Mode().Perm()&0o044 != 0
-	}
 	inline := c.Upstream.Password != "" && c.Upstream.PasswordEnv == "" && c.Upstream.PasswordFile == "" && !c.Upstream.PasswordKeyring || len(c.Listen.Users) > 0
-	if c.Path != "" && inline && readable(c.Path) {
-		out = append(out, fmt.Sprintf("%s holds a password and other users can read it: chmod 600 %s", c.Path, c.Path))
+	if c.Path != "" && inline {
+		if who, err := private.Exposed(c.Path); err == nil && who != "" {
+			out = append(out, fmt.Sprintf("%s holds a password, and %s", c.Path, who))
+		}
 	}
-	if c.Upstream.PasswordFile != "" && readable(c.Upstream.PasswordFile) {
-		out = append(out, fmt.Sprintf("the password file %s can be read by other users: chmod 600 %s", c.Upstream.PasswordFile, c.Upstream.PasswordFile))
+	if c.Upstream.PasswordFile != "" {
+		if who, err := private.Exposed(c.Upstream.PasswordFile); err == nil && who != "" {
+			out = append(out, fmt.Sprintf("the password file %s: %s", c.Upstream.PasswordFile, who))
+		}
 	}
 	return out
 }

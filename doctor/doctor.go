@@ -25,6 +25,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/app"
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/private"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
@@ -231,6 +232,22 @@ func (r *run) upstreamSteps(opts Options) {
 	}
 }
 
+// permissionsStep checks that the password (in the config or its file)
+// and the queue are readable by their owner only (internal/private: the
+// mode on Unix, the DACL on Windows).
+func (r *run) permissionsStep(queueDir string) {
+	exposed := r.cfg.ExposedSecrets()
+	if who, err := private.Exposed(queueDir); err == nil && who != "" {
+		exposed = append(exposed, "the queue "+queueDir+": "+who)
+	}
+	if len(exposed) > 0 {
+		r.add(Step{Name: "permissions", Status: Warn, Detail: strings.Join(exposed, "; "),
+			Remedy: "Make them readable by the relay's user only (the commands are named above); icloud-relay setup writes them so, and the relay makes its queue private when it starts."})
+		return
+	}
+	r.add(Step{Name: "permissions", Status: OK, Detail: "the password and the queue are readable by their owner only"})
+}
+
 // sizeStep compares the relay's size limit with the one iCloud advertises
 // (EHLO SIZE).
 func (r *run) sizeStep(advertised string) {
@@ -346,6 +363,7 @@ func (r *run) localSteps() {
 		return
 	}
 	r.add(Step{Name: "queue dir", Status: OK, Detail: dir + " is writable"})
+	r.permissionsStep(dir)
 
 	active, _ := q.Active()
 	failed, _ := q.Failed()

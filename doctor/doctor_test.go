@@ -85,7 +85,7 @@ func TestHealthyStandInPassesEveryStep(t *testing.T) {
 		t.Fatalf("healthy stand-in:\n%s", out.String())
 	}
 	want := []string{"config", "dns", fmt.Sprintf("tcp %d", f.s.StartTLSPort), fmt.Sprintf("tcp %d", f.s.TLSPort), "greeting", "tls", "ehlo", "auth",
-		"size", "sender demo@icloud.com", "sender alias@icloud.com", "send-test friend@example.com", "listener", "queue dir", "queue"}
+		"size", "sender demo@icloud.com", "sender alias@icloud.com", "send-test friend@example.com", "listener", "queue dir", "permissions", "queue"}
 	if len(rep.Steps) != len(want) {
 		t.Fatalf("steps:\n%s", out.String())
 	}
@@ -297,3 +297,17 @@ type recorder struct{ begun *[]string }
 
 func (r recorder) Begin(name string) { *r.begun = append(*r.begun, name) }
 func (r recorder) Done(doctor.Step)  {}
+
+// A config that holds the password and other users can read is a warning
+// that says what to run.
+func TestReadableSecretsAreAWarning(t *testing.T) {
+	f := setup(t, false, "")
+	if st := step(doctor.Run(context.Background(), f.cfg, doctor.Options{}), "permissions"); st.Status != doctor.OK {
+		t.Fatalf("an owner-only config: %+v", st)
+	}
+	os.Chmod(f.cfg.Path, 0o644)
+	st := step(doctor.Run(context.Background(), f.cfg, doctor.Options{}), "permissions")
+	if st.Status != doctor.Warn || !strings.Contains(st.Detail, "holds a password") || !strings.Contains(st.Detail, "chmod 600") || st.Remedy == "" {
+		t.Fatalf("a readable config: %+v", st)
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/doctor"
+	"github.com/icloud-relay/icloud-relay/internal/private"
 	"github.com/icloud-relay/icloud-relay/service"
 )
 
@@ -225,10 +226,9 @@ func writeSetupConfig(path, addr, password string, aliasList []string, user bool
 	source := "password_keyring = true"
 	if !inKeyring {
 		pwFile := filepath.Join(filepath.Dir(path), "password")
-		if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
+		if err := writePrivate(pwFile, []byte(password+"\n")); err != nil {
 			return nil, err
 		}
-		os.Chmod(pwFile, 0o600) // an existing file keeps its mode on WriteFile
 		source = fmt.Sprintf("password_file = %q", pwFile)
 	}
 	paths := config.DefaultPaths(user)
@@ -264,4 +264,23 @@ func writeSetupConfig(path, addr, password string, aliasList []string, user bool
 	}
 	os.Chmod(path, 0o644) // an existing file keeps its mode on WriteFile
 	return config.Load(path)
+}
+
+// writePrivate writes a secret to path, made private (internal/private)
+// while still empty: the secret is never readable by others, not even for
+// a moment, and an existing file loses whatever access it gave.
+func writePrivate(path string, secret []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := private.Restrict(path); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot make %s private: %w", path, err)
+	}
+	if _, err := f.Write(secret); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

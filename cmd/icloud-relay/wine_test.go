@@ -284,7 +284,8 @@ func TestWindowsBuildUnderWine(t *testing.T) {
 
 // The packages' own tests, built for Windows and run under Wine: the
 // Windows-only code among them (the queue's lock and directory sync, the
-// per-OS paths, the service definition) runs where it was written for.
+// per-OS paths, the service definition, the private DACL) runs where it
+// was written for.
 // Wine 8 lacks FileDispositionInfoEx, so os.RemoveAll fails there
 // ("Invalid function") and every t.TempDir cleanup with it: that one
 // message is not counted; any other failure is.
@@ -293,7 +294,7 @@ func TestWindowsUnitTestsUnderWine(t *testing.T) {
 		t.Skip("-short")
 	}
 	w := newWine(t)
-	for _, pkg := range []string{"config", "relay/queue", "service"} {
+	for _, pkg := range []string{"config", "relay/queue", "service", "internal/private"} {
 		exe := filepath.Join(w.dir, strings.ReplaceAll(pkg, "/", "-")+".test.exe")
 		build := exec.Command("go", "test", "-c", "-o", exe, "./"+pkg)
 		build.Dir = "../.."

@@ -42,10 +42,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/icloud-relay/icloud-relay/internal/private"
 )
 
 // Version is the metadata format written by this code.
@@ -168,18 +169,17 @@ type Queue struct {
 }
 
 // Open creates the directory layout if needed, owner-only: queued mail is
-// private. An existing directory that others may read is tightened (on
-// Unix; Windows permissions are not mode bits), where its owner runs this.
+// private. An existing directory that others may read is made private
+// (internal/private: the mode on Unix, a DACL on Windows), where its owner
+// runs this.
 func Open(dir string) (*Queue, error) {
 	q := &Queue{dir: dir, tmp: filepath.Join(dir, "tmp"), active: filepath.Join(dir, "active"), failed: filepath.Join(dir, "failed"), fs: osFS{}}
 	for _, d := range []string{q.dir, q.tmp, q.active, q.failed} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, &Error{Op: "open", Err: err}
 		}
-		if st, err := os.Stat(d); err == nil && runtime.GOOS != "windows" && st.Mode().Perm()&0o077 != 0 {
-			if os.Chmod(d, 0o700) == nil {
-				q.tightened = append(q.tightened, d)
-			}
+		if who, err := private.Exposed(d); err == nil && who != "" && private.Restrict(d) == nil {
+			q.tightened = append(q.tightened, d)
 		}
 	}
 	return q, nil
