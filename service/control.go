@@ -27,6 +27,8 @@ type Definition struct {
 	// Writable are the directories the relay writes (its queue and logs):
 	// the system service on Linux may write nowhere else.
 	Writable []string
+	// LogFile is the relay's log; launchd keeps its standard error beside.
+	LogFile string
 }
 
 func (d Definition) config() (*kservice.Config, error) {
@@ -59,6 +61,10 @@ func (d Definition) config() (*kservice.Config, error) {
 		"StartType":              "automatic",
 		"OnFailure":              "restart",
 		"OnFailureDelayDuration": "10s",
+	}
+	if d.LogFile != "" {
+		// Used by launchd only; no braces either.
+		c.Option["LaunchdConfig"] = launchdPlist(exe, c.Arguments, filepath.Join(filepath.Dir(d.LogFile), "launchd.stderr.log"))
 	}
 	if !d.User {
 		// Used by systemd only. kardianos/service parses it as a template:

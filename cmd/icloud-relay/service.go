@@ -39,7 +39,8 @@ func serviceCmd(action string) func([]string) int {
 			if cfg, ok = loadConfig(*cfgPath); !ok {
 				return exitUsage
 			}
-			def.Writable = []string{cfg.Queue.Dir, filepath.Dir(serviceLogFile(cfg, *user))}
+			def.LogFile = serviceLogFile(cfg, *user)
+			def.Writable = []string{cfg.Queue.Dir, filepath.Dir(def.LogFile)}
 		}
 		if err := service.Control(action, def); err != nil {
 			fmt.Fprintf(os.Stderr, "icloud-relay %s: %v\n", action, err)
