@@ -52,7 +52,10 @@ var mutants = []mutant{
 	{name: "upstream: unverified certificates", file: "upstream/client.go", from: "c.tlsCfg = &tls.Config{ServerName: c.cfg.Host, RootCAs: roots,", to: "c.tlsCfg = &tls.Config{InsecureSkipVerify: true, ServerName: c.cfg.Host, RootCAs: roots,", pkgs: []string{"./upstream"}},
 	{name: "upstream: login without a verified chain", file: "upstream/client.go", from: "!st.HandshakeComplete || len(st.VerifiedChains) == 0", to: "!st.HandshakeComplete", pkgs: []string{"./upstream"},
 		note: "equivalent while tls.Config verifies: a handshake that completes has a verified chain (the check is belt and braces)"},
-	{name: "upstream: 5xx taken as temporary", file: "upstream/error.go", from: "\tif e.Code >= 500 {\n\t\te.Temporary = false\n\t}", to: "", pkgs: []string{"./upstream", "./relay"}},
+	{name: "upstream: 5xx taken as temporary", file: "upstream/class.go", from: "\tcase e.Code >= 500:\n\t\treturn Permanent\n", to: "", pkgs: []string{"./upstream", "./relay"}},
+	{name: "upstream: the daily limit not recognised", file: "upstream/class.go", from: "\tcase transaction && e.Code >= 400 && dailyLimitText.MatchString(e.Text):", to: "\tcase false:", pkgs: []string{"./upstream", "./relay", "./app", "./doctor"}, run: "Classified|DailyLimit|Cause"},
+	{name: "upstream: a wrong host taken for interception", file: "upstream/class.go", from: "\t\tcase e.cause == causeCertHost && errors.As(e.Err, &hv):", to: "\t\tcase false:", pkgs: []string{"./upstream", "./app", "./doctor"}, run: "Classified|Cause"},
+	{name: "upstream: no network taken for a DNS failure", file: "upstream/class.go", from: "\tif e.cause == causeNoNetwork {\n\t\treturn noNetworkAdvice\n\t}", to: "", pkgs: []string{"./cmd/icloud-relay"}, run: "NoNetwork"},
 	{name: "upstream: done reported only at the end of a batch", file: "upstream/client.go", from: "\t\tt.m.finish(out[i]) // final: it goes no further, here or elsewhere\n", to: "", pkgs: []string{"./upstream"}, run: "Done"},
 
 	// Scheduler: retries, give-up, pauses, holds, probes.
@@ -60,8 +63,9 @@ var mutants = []mutant{
 	{name: "scheduler: backoff does not double", file: "relay/policy.go", from: "math.Pow(2, float64(attempt-1))", to: "math.Pow(1, float64(attempt-1))", pkgs: []string{"./relay"}},
 	{name: "scheduler: never gives up while unreachable", file: "relay/scheduler.go", from: "\t\tif !now.Before(expires) {\n\t\t\tit.busy = true", to: "\t\tif false {\n\t\t\tit.busy = true", pkgs: []string{"./relay"}},
 	{name: "scheduler: never gives up when due", file: "relay/scheduler.go", from: "\t\tif !now.Before(m.Received.Add(s.pol.MaxAge)) {\n\t\t\ts.finish(", to: "\t\tif false {\n\t\t\ts.finish(", pkgs: []string{"./relay"}},
-	{name: "scheduler: no pause on a refused login", file: "relay/scheduler.go", from: "\tcase e.AccountProblem() && !now.Before(s.pausedUntil):", to: "\tcase false:", pkgs: []string{"./relay"}},
-	{name: "scheduler: no daily-limit hold", file: "relay/scheduler.go", from: "\tif isDailyLimit(cause) {\n\t\tresume = s.dailyLimitPause(cause)\n\t}", to: "", pkgs: []string{"./relay"}},
+	{name: "scheduler: no pause on a refused login", file: "relay/scheduler.go", from: "\tcase upstream.PauseAccount:\n\t\tif !now.Before(s.pausedUntil) {", to: "\tcase upstream.PauseAccount:\n\t\tif false {", pkgs: []string{"./relay"}},
+	{name: "scheduler: no daily-limit hold", file: "relay/scheduler.go", from: "\tcase upstream.HoldDailyLimit:\n\t\treturn s.dailyLimitPause(e)\n", to: "", pkgs: []string{"./relay"}},
+	{name: "log: a remedy dropped from the daily-limit hold", file: "logging/events.go", from: "\tFailure(l.Error(), e).Time(KeyNextRetry, until).Int(KeySentToday, sent)", to: "\tl.Error().Time(KeyNextRetry, until).Int(KeySentToday, sent)", pkgs: []string{"./app"}, run: "DailyLimit|Cause"},
 	{name: "scheduler: the probe does not drain", file: "relay/scheduler.go", from: "\t\t\tif !it.busy {\n\t\t\t\tit.msg.NextAttempt = now\n\t\t\t}", to: "\t\t\tif false {\n\t\t\t\tit.msg.NextAttempt = now\n\t\t\t}", pkgs: []string{"./relay"}},
 	{name: "scheduler: replies not masked", file: "relay/scheduler.go", from: "\tue, res = s.mask(ue), s.maskResult(res)\n", to: "", pkgs: []string{"./cmd/icloud-relay"}, run: "EchoedPassword"},
 	{name: "scheduler: a delivered message is not removed at once", file: "relay/scheduler.go", from: "\t\t\t\ts.remove(ready[i], logs[i])\n", to: "", pkgs: []string{"./relay"}},
