@@ -3,7 +3,6 @@ package service
 import (
 	"encoding/xml"
 	"io"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -49,7 +48,8 @@ func plist(t *testing.T, doc string) map[string][]string {
 
 // The launchd property list has what launchd needs to start the relay at
 // load and again after a failure, with absolute paths (launchd has no
-// working directory of ours) and a place for standard error.
+// working directory of ours; POSIX ones, whatever OS runs the test) and a
+// place for standard error.
 func TestLaunchdPlist(t *testing.T) {
 	exe, cfg := "/usr/local/bin/icloud-relay", "/Library/Application Support/icloud-relay/config & more.toml"
 	doc := launchdPlist(exe, []string{"run", "--config", cfg, "--service"}, "/Library/Logs/icloud-relay/launchd.stderr")
@@ -61,7 +61,7 @@ func TestLaunchdPlist(t *testing.T) {
 		t.Fatal("kardianos/service parses the plist as a template: no braces")
 	}
 	args := p["ProgramArguments"]
-	if len(args) != 6 || args[0] != "array" || !filepath.IsAbs(args[1]) || args[2] != "run" || args[4] != cfg || args[5] != "--service" {
+	if len(args) != 6 || args[0] != "array" || !strings.HasPrefix(args[1], "/") || args[2] != "run" || args[4] != cfg || args[5] != "--service" {
 		t.Fatalf("ProgramArguments %q", args)
 	}
 	for key, want := range map[string]string{"Label": "string", "RunAtLoad": "true", "KeepAlive": "dict", "StandardErrorPath": "string"} {
