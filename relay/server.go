@@ -133,11 +133,11 @@ func (e *ListenError) Unwrap() error { return e.Err }
 // Remedy says what to do about it.
 func (e *ListenError) Remedy() string {
 	switch {
-	case errors.Is(e.Err, syscall.EADDRINUSE):
+	case addrInUse(e.Err):
 		return "Another program (or another icloud-relay) already listens on " + e.Addr + ": stop it (is the relay already running as a service?), or set listen.addr to a free port."
-	case errors.Is(e.Err, syscall.EACCES):
+	case addrDenied(e.Err):
 		return "This user may not listen on " + e.Addr + " (ports below 1024 need administrator rights): set listen.addr to a port above 1024, such as 2525."
-	case errors.Is(e.Err, syscall.EADDRNOTAVAIL):
+	case addrNotLocal(e.Err):
 		return "This machine has no address " + e.Addr + ": set listen.addr to one of its addresses, usually 127.0.0.1:2525."
 	}
 	return "Check listen.addr (and listen.tls_addr): the relay cannot listen there."
