@@ -181,6 +181,10 @@ func (s *Scheduler) Submit(m *queue.Message, st *queue.Staged) <-chan struct{} {
 func (s *Scheduler) Settle(id string) (Outcome, error) {
 	s.mu.Lock()
 	it := s.items[id]
+	if it == nil || it.staged == nil {
+		s.mu.Unlock()
+		return Outcome{}, fmt.Errorf("settle %s: not a message staged with this scheduler", id)
+	}
 	st, p := it.staged, it.parked
 	s.mu.Unlock()
 	if p != nil && p.whole {
