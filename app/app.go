@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/buildinfo"
 	"github.com/icloud-relay/icloud-relay/internal/certs"
 	"github.com/icloud-relay/icloud-relay/internal/redact"
 	"github.com/icloud-relay/icloud-relay/logging"
@@ -196,7 +197,7 @@ func (a *App) Start() error {
 	// Start-up (certificates, config, recovery) leaves garbage behind; an
 	// always-on service should not keep it resident.
 	debug.FreeOSMemory()
-	a.log.Info().Str("upstream", a.cfg.Upstream.Host).Int("starttls_port", a.cfg.Upstream.StartTLSPort).
+	a.log.Info().Str(logging.KeyVersion, buildinfo.Get().Short()).Str("upstream", a.cfg.Upstream.Host).Int("starttls_port", a.cfg.Upstream.StartTLSPort).
 		Int("tls_port", a.cfg.Upstream.TLSPort).Str("username", a.cfg.Upstream.Username).
 		Str("queue_dir", a.cfg.Queue.Dir).Msg("relay started")
 	return nil

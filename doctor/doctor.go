@@ -25,6 +25,7 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/app"
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/buildinfo"
 	"github.com/icloud-relay/icloud-relay/internal/private"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream"
@@ -57,8 +58,9 @@ type Step struct {
 
 // Report is the whole checklist. OK means mail can flow.
 type Report struct {
-	OK    bool   `json:"ok"`
-	Steps []Step `json:"steps"`
+	Version string `json:"version"` // the relay's build (internal/buildinfo)
+	OK      bool   `json:"ok"`
+	Steps   []Step `json:"steps"`
 }
 
 // Options change what is checked.
@@ -113,7 +115,7 @@ var appPassword = regexp.MustCompile(`^[a-z]{4}-[a-z]{4}-[a-z]{4}-[a-z]{4}$`)
 
 // Run checks everything it can and returns the report.
 func Run(ctx context.Context, cfg *config.Config, opts Options) *Report {
-	r := &run{ctx: ctx, cfg: cfg, rep: &Report{}, progress: opts.Progress}
+	r := &run{ctx: ctx, cfg: cfg, rep: &Report{Version: buildinfo.Get().Short()}, progress: opts.Progress}
 	r.configStep()
 	r.upstreamSteps(opts)
 	r.localSteps()
@@ -479,7 +481,7 @@ func (t *terminal) clear() {
 // ConfigFailure is the report when the config cannot be loaded: doctor
 // --json prints JSON in every case.
 func ConfigFailure(err error) *Report {
-	return &Report{Steps: []Step{{Name: "config", Status: Fail, Detail: err.Error(),
+	return &Report{Version: buildinfo.Get().Short(), Steps: []Step{{Name: "config", Status: Fail, Detail: err.Error(),
 		Remedy: "Fix the config file at the line named (config.example.toml lists every option), or pass the right one with --config."}}}
 }
 

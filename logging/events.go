@@ -38,6 +38,7 @@ const (
 	KeyQueued       = "queued"
 	KeySentToday    = "sent_today"
 	KeyRcptsToday   = "recipients_today"
+	KeyVersion      = "version" // the relay's build (internal/buildinfo)
 )
 
 // RemedyQueueDir is the remedy of every failure to write the queue.

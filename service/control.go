@@ -8,7 +8,14 @@ import (
 	"strings"
 
 	kservice "github.com/kardianos/service"
+
+	"github.com/icloud-relay/icloud-relay/internal/private"
 )
+
+// Account is the unprivileged system account of the system service on
+// Linux: the .deb and .rpm packages create it, and install uses it when it
+// exists.
+const Account = private.ServiceAccount
 
 // Actions the service manager can be asked for.
 var Actions = []string{"install", "uninstall", "start", "stop", "restart"}
@@ -29,6 +36,24 @@ type Definition struct {
 	Writable []string
 	// LogFile is the relay's log; launchd keeps its standard error beside.
 	LogFile string
+	// Account is the unprivileged system account a system service runs as
+	// (Linux: a user and group of that name, which own the queue and logs);
+	// empty: the service manager's default (root, LocalSystem).
+	Account string
+}
+
+// args are what the service manager passes to the binary. --service: the
+// process knows it runs under the service manager without guessing
+// (Windows' guess fails under Wine, where the service manager's session
+// is not 0).
+func (d Definition) args(cfgPath string) []string {
+	return []string{"run", "--config", cfgPath, "--service"}
+}
+
+// SystemdUnit is the unit file of the system service d for the binary exe:
+// what install writes on Linux, and what the .deb and .rpm packages ship.
+func (d Definition) SystemdUnit(exe string) string {
+	return systemdUnit(exe, d.args(d.ConfigPath), d.Writable, d.ConfigPath, d.Account)
 }
 
 func (d Definition) config() (*kservice.Config, error) {
@@ -41,10 +66,7 @@ func (d Definition) config() (*kservice.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	// --service: the process knows it runs under the service manager
-	// without guessing (Windows' guess fails under Wine, where the
-	// service manager's session is not 0).
-	c := Config([]string{"run", "--config", cfgPath, "--service"})
+	c := Config(d.args(cfgPath))
 	c.Executable = exe
 	var writable []string
 	for _, w := range d.Writable {
@@ -69,7 +91,7 @@ func (d Definition) config() (*kservice.Config, error) {
 	if !d.User {
 		// Used by systemd only. kardianos/service parses it as a template:
 		// it has no braces, so it is written as it is.
-		c.Option["SystemdScript"] = systemdUnit(exe, c.Arguments, writable, cfgPath)
+		c.Option["SystemdScript"] = systemdUnit(exe, c.Arguments, writable, cfgPath, d.Account)
 	}
 	return c, nil
 }

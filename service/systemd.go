@@ -10,8 +10,9 @@ import (
 // needs no privilege (it listens on 2525, sends out over TCP and writes
 // its queue and logs), so the unit takes away what it does not need and
 // lets it write only in writable (the queue and log directories). A
-// directory that does not exist yet is not an error ("-").
-func systemdUnit(exe string, args, writable []string, configPath string) string {
+// directory that does not exist yet is not an error ("-"). With an
+// account it runs as that user and group instead of root.
+func systemdUnit(exe string, args, writable []string, configPath, account string) string {
 	home := "yes"
 	for _, p := range append([]string{exe, configPath}, writable...) {
 		if under(p, "/home", "/root", "/run/user") {
@@ -21,6 +22,10 @@ func systemdUnit(exe string, args, writable []string, configPath string) string 
 	var rw []string
 	for _, w := range writable {
 		rw = append(rw, "-"+systemdQuote(w))
+	}
+	runAs := ""
+	if account != "" {
+		runAs = fmt.Sprintf("User=%s\nGroup=%s\n", systemdQuote(account), systemdQuote(account))
 	}
 	cmd := []string{systemdQuote(exe)}
 	for _, a := range args {
@@ -34,7 +39,7 @@ After=network-online.target
 ConditionFileIsExecutable=%s
 
 [Service]
-ExecStart=%s
+%sExecStart=%s
 Restart=on-failure
 RestartSec=10
 UMask=0077
@@ -68,7 +73,7 @@ SystemCallErrorNumber=EPERM
 
 [Install]
 WantedBy=multi-user.target
-`, "iCloud Mail relay", systemdQuote(exe), strings.Join(cmd, " "), home, strings.Join(rw, " "))
+`, "iCloud Mail relay", systemdQuote(exe), runAs, strings.Join(cmd, " "), home, strings.Join(rw, " "))
 }
 
 func under(p string, dirs ...string) bool {

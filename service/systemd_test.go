@@ -27,7 +27,7 @@ func TestSystemdUnitIsHardened(t *testing.T) {
 	exe := filepath.Join(dir, "icloud-relay")
 	os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755)
 	unit := systemdUnit(exe, []string{"run", "--config", "/etc/icloud-relay/config.toml", "--service"},
-		[]string{"/var/lib/icloud-relay/queue", "/var/log/icloud relay"}, "/etc/icloud-relay/config.toml")
+		[]string{"/var/lib/icloud-relay/queue", "/var/log/icloud relay"}, "/etc/icloud-relay/config.toml", "")
 	for _, want := range []string{"ProtectSystem=strict", "ProtectHome=yes", `ReadWritePaths=-/var/lib/icloud-relay/queue -"/var/log/icloud relay"`,
 		"NoNewPrivileges=yes", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "--service"} {
 		if !strings.Contains(unit, want) {
@@ -58,7 +58,7 @@ func TestSystemdUnitIsHardened(t *testing.T) {
 		t.Fatalf("exposure %.1f, want 3.0 or less", after)
 	}
 	// A config in a home directory is still readable.
-	if u := systemdUnit(exe, nil, []string{"/root/q"}, "/root/c.toml"); !strings.Contains(u, "ProtectHome=read-only") {
+	if u := systemdUnit(exe, nil, []string{"/root/q"}, "/root/c.toml", ""); !strings.Contains(u, "ProtectHome=read-only") {
 		t.Fatalf("a config under /root needs ProtectHome=read-only:\n%s", u)
 	}
 }

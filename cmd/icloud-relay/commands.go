@@ -22,6 +22,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/demo"
 	"github.com/icloud-relay/icloud-relay/doctor"
+	"github.com/icloud-relay/icloud-relay/internal/buildinfo"
 	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay"
 	"github.com/icloud-relay/icloud-relay/relay/control"
@@ -35,9 +36,6 @@ const (
 	exitFailure = 1
 	exitUsage   = 2
 )
-
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
 
 type command struct {
 	name, summary string
@@ -244,6 +242,9 @@ func doctorCmd(args []string) int {
 		// On a terminal each step shows as it runs.
 		opts.Progress = doctor.TerminalProgress(out)
 	}
+	if !*asJSON {
+		fmt.Fprintf(out, "icloud-relay %s, checking %s\n\n", buildinfo.Get().Short(), cfg.Path)
+	}
 	rep := doctor.Run(ctx, cfg, opts)
 	switch {
 	case *asJSON:
@@ -319,11 +320,13 @@ func benchCmd(args []string) int {
 
 func versionCmd(args []string) int {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprintln(os.Stderr, "Usage: icloud-relay version\n\nPrints the version.") }
+	fs.Usage = func() {
+		fmt.Fprintln(os.Stderr, "Usage: icloud-relay version\n\nPrints the version, the commit and date it was built from, and the Go version.")
+	}
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
-	fmt.Println("icloud-relay", version)
+	fmt.Println(buildinfo.Get())
 	return exitOK
 }
 

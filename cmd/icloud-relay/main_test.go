@@ -23,13 +23,16 @@ import (
 
 var binary string
 
+// testVersion is stamped into the test binary as a release build does.
+const testVersion = "0.0.0-test"
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "icloud-relay-bin-")
 	if err != nil {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "icloud-relay")
-	if out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-race", "-ldflags", stampFlags, "-o", binary, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -291,6 +294,39 @@ func TestExitCodes(t *testing.T) {
 		if code != c.code || !strings.Contains(string(out), c.want) {
 			t.Errorf("%v: exit %d, output %q; want exit %d with %q", c.args, code, out, c.code, c.want)
 		}
+	}
+}
+
+// stampFlags are the release build's -ldflags (.goreleaser.yaml), with a
+// test version.
+const stampFlags = "-X github.com/icloud-relay/icloud-relay/internal/buildinfo.version=v" + testVersion +
+	" -X github.com/icloud-relay/icloud-relay/internal/buildinfo.commit=0123456789abcdef" +
+	" -X github.com/icloud-relay/icloud-relay/internal/buildinfo.date=2026-12-02T00:00:00Z"
+
+// The build's version is in version and --version, the start-up log line
+// and doctor's report (text and JSON).
+func TestTheVersionIsEverywhere(t *testing.T) {
+	want := "icloud-relay " + testVersion + " (commit 0123456789ab, built 2026-12-02T00:00:00Z, go"
+	for _, arg := range []string{"version", "--version"} {
+		out, err := exec.Command(binary, arg).CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), want) {
+			t.Errorf("%s: %v %q, want %q…", arg, err, out, want)
+		}
+	}
+	s := standIn(t, upstreamtest.Options{})
+	cfg := writeConfig(t, s, t.TempDir(), s.Password())
+	out, _ := exec.Command(binary, "doctor", "--config", cfg).CombinedOutput()
+	if !strings.HasPrefix(string(out), "icloud-relay "+testVersion+", checking "+cfg) {
+		t.Errorf("doctor does not open with the version:\n%s", out)
+	}
+	out, _ = exec.Command(binary, "doctor", "--json", "--config", cfg).Output()
+	var rep struct{ Version string }
+	if err := json.Unmarshal(out, &rep); err != nil || rep.Version != testVersion {
+		t.Errorf("doctor --json version %q (%v)", rep.Version, err)
+	}
+	p := startProc(t, "run", "--config", cfg)
+	if v := p.waitLog(t, "relay started")[logging.KeyVersion]; v != testVersion {
+		t.Errorf("start-up line has version %v", v)
 	}
 }
 

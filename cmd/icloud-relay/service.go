@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/private"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/service"
 )
@@ -39,8 +40,11 @@ func serviceCmd(action string) func([]string) int {
 			if cfg, ok = loadConfig(*cfgPath); !ok {
 				return exitUsage
 			}
-			def.LogFile = serviceLogFile(cfg, *user)
-			def.Writable = []string{cfg.Queue.Dir, filepath.Dir(def.LogFile)}
+			var err error
+			if def, err = serviceDefinition(cfg, *user); err != nil {
+				fmt.Fprintf(os.Stderr, "icloud-relay install: %v\n", err)
+				return exitFailure
+			}
 		}
 		if err := service.Control(action, def); err != nil {
 			fmt.Fprintf(os.Stderr, "icloud-relay %s: %v\n", action, err)
@@ -65,6 +69,39 @@ var serviceHelp = map[string]string{
 	"stop":      "Stops the service gracefully (queued mail stays queued).",
 	"restart":   "Restarts the service.",
 	"status":    "Says whether the service runs, and what the queue holds.",
+}
+
+// serviceDefinition is the service that runs cfg. A system service runs as
+// the unprivileged service account where there is one (Linux, after the
+// .deb or .rpm made it): it gets its queue and logs, and may read the
+// password, which stays hidden from everyone else.
+func serviceDefinition(cfg *config.Config, user bool) (service.Definition, error) {
+	def := service.Definition{ConfigPath: cfg.Path, User: user, LogFile: serviceLogFile(cfg, user)}
+	def.Writable = []string{cfg.Queue.Dir, filepath.Dir(def.LogFile)}
+	if def.Account = serviceAccount(user); def.Account == "" {
+		return def, nil
+	}
+	for _, dir := range def.Writable {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return def, err
+		}
+		if err := private.GiveTo(dir); err != nil {
+			return def, fmt.Errorf("cannot give %s to the %s account: %w", dir, def.Account, err)
+		}
+	}
+	secrets := []string{cfg.Upstream.PasswordFile}
+	if info, err := os.Stat(cfg.Path); err == nil && info.Mode().Perm()&0o044 == 0 {
+		secrets = append(secrets, cfg.Path) // a config private to root holds a secret
+	}
+	for _, f := range secrets {
+		if f == "" {
+			continue
+		}
+		if err := private.Share(f); err != nil {
+			return def, fmt.Errorf("cannot let the %s account read %s: %w", def.Account, f, err)
+		}
+	}
+	return def, nil
 }
 
 // serviceLogFile is where the service logs: log.file, or the per-OS

@@ -92,7 +92,7 @@ func setupCmd(args []string) int {
 	}
 
 	fmt.Println("icloud-relay set-up: your programs send to 127.0.0.1:2525 with no password; the relay sends to iCloud.")
-	if _, err := os.Stat(*cfgPath); err == nil {
+	if existing, err := os.ReadFile(*cfgPath); err == nil && !strings.HasPrefix(string(existing), notSetUp) {
 		if ans, _ := ask(fmt.Sprintf("%s exists. Replace it?", *cfgPath), "no"); !isYes(ans) {
 			fmt.Println("Keeping the existing config. (icloud-relay doctor checks it.)")
 			return exitOK
@@ -136,7 +136,11 @@ func setupCmd(args []string) int {
 	if *useKeyring {
 		where = "the OS credential store"
 	}
-	fmt.Printf("Wrote %s (readable by you only); the password is in %s.\n", cfg.Path, where)
+	who := "you only"
+	if account := serviceAccount(*user); account != "" && !*useKeyring {
+		who = "root and the " + account + " service only"
+	}
+	fmt.Printf("Wrote %s; the password is in %s (readable by %s).\n", cfg.Path, where, who)
 
 	if !*skipChecks {
 		fmt.Println("\nChecking the way to iCloud:")
@@ -153,8 +157,11 @@ func setupCmd(args []string) int {
 		doInstall = isYes(ans)
 	}
 	if doInstall {
-		def := service.Definition{ConfigPath: cfg.Path, User: *user}
-		if err := service.Control("install", def); err != nil {
+		def, err := serviceDefinition(cfg, *user)
+		if err == nil {
+			err = service.Control("install", def)
+		}
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "icloud-relay setup: install: %v\n", err)
 			return exitFailure
 		}
@@ -176,6 +183,10 @@ func setupCmd(args []string) int {
 	}
 	return exitOK
 }
+
+// notSetUp opens the config the .deb and .rpm install
+// (packaging/linux/config.toml): setup replaces it without asking.
+const notSetUp = "# icloud-relay: not set up yet."
 
 func isYes(s string) bool {
 	s = strings.ToLower(strings.TrimSpace(s))
@@ -228,6 +239,11 @@ func writeSetupConfig(path, addr, password string, aliasList []string, user bool
 		pwFile := filepath.Join(filepath.Dir(path), "password")
 		if err := writePrivate(pwFile, []byte(password+"\n")); err != nil {
 			return nil, err
+		}
+		if serviceAccount(user) != "" {
+			if err := private.Share(pwFile); err != nil {
+				return nil, fmt.Errorf("cannot let the service read %s: %w", pwFile, err)
+			}
 		}
 		source = fmt.Sprintf("password_file = %q", pwFile)
 	}

@@ -163,3 +163,37 @@ func TestDoctorShowsProgressOnATerminal(t *testing.T) {
 		}
 	}
 }
+
+// The config the .deb and .rpm install is a placeholder: setup replaces it
+// without asking, while a config someone wrote is kept unless they say so.
+func TestSetupReplacesThePackagedPlaceholder(t *testing.T) {
+	dir := t.TempDir()
+	placeholder, err := os.ReadFile(filepath.Join("..", "..", "packaging", "linux", "config.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(cfg string) string {
+		cmd := exec.Command(binary, "setup", "--user", "--config", cfg, "--address", "demo@icloud.com", "--password-stdin", "--yes", "--skip-checks")
+		cmd.Stdin = strings.NewReader("abcd-efgh-ijkl-mnop\n")
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_STATE_HOME="+filepath.Join(dir, "state"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("setup: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	packaged := filepath.Join(dir, "packaged", "config.toml")
+	os.MkdirAll(filepath.Dir(packaged), 0o755)
+	os.WriteFile(packaged, placeholder, 0o644)
+	if out := run(packaged); strings.Contains(out, "Keeping the existing config") {
+		t.Fatalf("the placeholder was kept:\n%s", out)
+	}
+	checkWritten(t, packaged, "abcd-efgh-ijkl-mnop")
+
+	own := filepath.Join(dir, "own", "config.toml")
+	os.MkdirAll(filepath.Dir(own), 0o755)
+	os.WriteFile(own, []byte("[upstream]\nusername = \"mine@icloud.com\"\n"), 0o644)
+	if out := run(own); !strings.Contains(out, "Keeping the existing config") {
+		t.Fatalf("a config of the user's was replaced:\n%s", out)
+	}
+}

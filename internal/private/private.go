@@ -6,4 +6,11 @@
 // explicit, protected DACL instead, granting full control to SYSTEM, the
 // Administrators and the account that runs the relay (or installs it),
 // and nothing to anyone else; a directory's entries inherit it.
+// On Unix a file may also be shared with the service account's group
+// (Share): readable by root and the service, by no one else.
 package private
+
+// ServiceAccount is the unprivileged account (a user and a group of that
+// name) a system service runs as where the packages create one (Linux):
+// a file shared with its group (Share) is not exposed.
+const ServiceAccount = "icloud-relay"

@@ -115,3 +115,12 @@ func name(sid *windows.SID) string {
 	}
 	return sid.String()
 }
+
+// Share lets the service account read path. On Windows the service runs
+// as LocalSystem, which every private path's DACL already grants: there is
+// nothing to add.
+func Share(path string) error { return nil }
+
+// GiveTo makes the service account own path. On Windows LocalSystem has
+// full control of every private path already (see Share).
+func GiveTo(path string) error { return nil }
