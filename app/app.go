@@ -22,6 +22,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/relay"
 	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/status"
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
@@ -35,6 +36,9 @@ type App struct {
 	sched  *relay.Scheduler
 	srv    *relay.Server
 	ctl    *control.Server
+	page   *status.Server // nil: no status page
+	events *logging.Ring  // the last log lines, for the page (nil: none)
+	checks Checks         // the page's "Run checks" (nil: none)
 	unlock func()
 	cancel context.CancelFunc
 	// reload, when set before Start, is what the control API's reload
@@ -187,12 +191,13 @@ func (a *App) Start() error {
 		a.srv.Close()
 		return err
 	}
-	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, a.sched, a.log, a.red, a.reload); err != nil {
+	if a.ctl, err = control.Serve(a.cfg.Queue.Dir, controlOps{a.sched, a}, a.log, a.red, a.reload); err != nil {
 		cancel()
 		a.srv.Close()
 		return err
 	}
 	a.srv.Serve()
+	a.startPage()
 	started, a.unlock = true, unlock
 	// Start-up (certificates, config, recovery) leaves garbage behind; an
 	// always-on service should not keep it resident.
@@ -223,6 +228,9 @@ func (a *App) Addr() net.Addr { return a.srv.Addr() }
 func (a *App) Stop(ctx context.Context) error {
 	a.log.Info().Msg("stopping: no new connections; sessions in progress may finish")
 	err := a.srv.Shutdown(ctx)
+	if a.page != nil {
+		a.page.Close()
+	}
 	a.ctl.Close()
 	a.cancel()
 	a.sched.Wait()

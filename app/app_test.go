@@ -121,8 +121,8 @@ level = "debug"
 retry_min = "200ms"
 retry_max = "1s"
 probe_interval = "100ms"
-%s%s
-`, s.UpstreamTOML("", ca), filepath.Join(e.dir, "queue"), window, extra))
+%s%s%s
+`, s.UpstreamTOML("", ca), filepath.Join(e.dir, "queue"), window, extra, statusSection(extra)))
 	e.start()
 	t.Cleanup(func() {
 		if strings.Contains(e.logs.String(), testPassword) {
@@ -773,4 +773,13 @@ func TestQueuedMeansCommitted(t *testing.T) {
 			t.Fatalf("left in the queue: %v", left)
 		}
 	})
+}
+
+// statusSection gives each test relay a status page of its own (a port
+// the OS picks), unless the test sets [status] itself.
+func statusSection(extra string) string {
+	if strings.Contains(extra, "[status]") {
+		return ""
+	}
+	return "\n[status]\naddr = \"127.0.0.1:0\"\n"
 }

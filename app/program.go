@@ -16,6 +16,11 @@ import (
 	"github.com/icloud-relay/icloud-relay/upstream"
 )
 
+// Checks runs the troubleshooting checklist for cfg (the doctor, which
+// builds on this package), telling begin of a step that starts and done
+// of each step decided, and says whether mail can flow.
+type Checks func(ctx context.Context, cfg *config.Config, begin func(name string), done func(step any)) bool
+
 // LogFactory makes the logger a config's [log] section asks for; the
 // closer closes its file.
 type LogFactory func(*config.Config) (zerolog.Logger, io.Closer, error)
@@ -27,6 +32,11 @@ type Program struct {
 	path string
 	logs LogFactory
 	red  *redact.Redactor // the log's: a reloaded config's secrets are added to it
+	// Events, when set before Start, are the last log lines the status page
+	// shows: the log factory writes them there too, across reloads.
+	Events *logging.Ring
+	// Checks, when set before Start, is the status page's "Run checks".
+	Checks Checks
 
 	mu     sync.Mutex
 	cfg    *config.Config
@@ -81,8 +91,19 @@ func (p *Program) newApp(cfg *config.Config, log zerolog.Logger) (*App, error) {
 	a, err := New(cfg, log, p.red)
 	if err == nil {
 		a.reload = func() { p.Reload() }
+		a.events, a.checks = p.Events, p.Checks
 	}
 	return a, err
+}
+
+// StatusURL is the running relay's status page ("" when there is none).
+func (p *Program) StatusURL() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cur == nil {
+		return ""
+	}
+	return p.cur.StatusURL()
 }
 
 // Stop stops the relay gracefully within ctx.

@@ -274,6 +274,8 @@ daily_limit = 0
 [log]
 level = "warn"
 format = "json"
+[status]
+addr = "127.0.0.1:0"
 `, addr, s.UpstreamTOML("", ca), filepath.Join(dir, "queue"), o.SyncWindow)
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {

@@ -37,6 +37,7 @@ type Config struct {
 	Queue    Queue    `toml:"queue"`
 	Delivery Delivery `toml:"delivery"`
 	Log      Log      `toml:"log"`
+	Status   Status   `toml:"status"`
 
 	// Path is the file the config came from ("" for defaults only).
 	Path string `toml:"-"`
@@ -143,6 +144,12 @@ type Log struct {
 	MaxFiles int    `toml:"max_files"`
 }
 
+// Status configures the status page (and /metrics).
+type Status struct {
+	// Addr is where the page listens: a loopback address, or "" for no page.
+	Addr string `toml:"addr"`
+}
+
 // Default returns the configuration used for every key the file leaves out.
 func Default() Config {
 	return Config{
@@ -181,7 +188,8 @@ func Default() Config {
 			AuthPause:     Duration(time.Hour),
 			DailyLimit:    1000,
 		},
-		Log: Log{Level: "info", MaxSize: 10 << 20, MaxFiles: 5},
+		Log:    Log{Level: "info", MaxSize: 10 << 20, MaxFiles: 5},
+		Status: Status{Addr: "127.0.0.1:2580"},
 	}
 }
 
@@ -360,6 +368,15 @@ func (c *Config) validate(file string, lines map[string]int, secret bool) error 
 		}
 	}
 	checkExposure("listen.addr", c.Listen.Addr)
+	if a := c.Status.Addr; a != "" {
+		if host, port, err := net.SplitHostPort(a); err != nil {
+			bad("status.addr", "%q is not host:port (example: \"127.0.0.1:2580\"; \"\" turns the page off)", a)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			bad("status.addr", "port %q is not a number from 0 to 65535", port)
+		} else if !isLoopbackHost(host) {
+			bad("status.addr", "%q is not a loopback address: the status page can retry and delete mail and has no login of its own, so it listens on this machine only (from elsewhere, use an SSH tunnel to it)", a)
+		}
+	}
 	if c.Listen.TLSAddr != "" {
 		checkExposure("listen.tls_addr", c.Listen.TLSAddr)
 	}

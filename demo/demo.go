@@ -66,6 +66,9 @@ dir = %q
 [log]
 level = "debug"
 format = "console"
+
+[status]
+addr = ""
 `, standin.Host, standin.StartTLSPort, standin.TLSPort, standin.Username(), caFile, filepath.Join(dir, "queue"))
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {

@@ -59,6 +59,9 @@ const (
 	EvUnreachable       = "upstream unreachable: queued messages wait and are sent as soon as a probe sees it again"
 	EvResumed           = "upstream reachable again: delivering queued messages now"
 	EvPortSwitched      = "port failed; switched to the other port"
+	EvStatusPage        = "status page listening"
+	EvStatusAction      = "change made on the status page"
+	EvStatusUnavailable = "status page cannot listen; the relay goes on without it"
 )
 
 // mail adds the fields that name a message: every line about one has them.

@@ -34,6 +34,8 @@ type Options struct {
 	MaxFiles int
 	// Redactor masks secrets wherever they appear in output.
 	Redactor *redact.Redactor
+	// Ring, when set, also keeps the last lines (JSON, info and above).
+	Ring *Ring
 }
 
 // New returns a logger writing to w (usually stderr) and, if set, the file.
@@ -62,6 +64,9 @@ func New(opts Options, w io.Writer) (zerolog.Logger, io.Closer, error) {
 		}
 		out = zerolog.MultiLevelWriter(out, f)
 		closer = f
+	}
+	if opts.Ring != nil {
+		out = zerolog.MultiLevelWriter(out, opts.Ring)
 	}
 	out = levelWriter{opts.Redactor.Writer(out)}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger(), closer, nil

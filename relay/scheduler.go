@@ -74,6 +74,11 @@ type Scheduler struct {
 	pausedFor   upstream.Class // what set pausedUntil
 	sent        sendCounter
 	wg          sync.WaitGroup
+
+	// For Health (health.go).
+	failing, lastErrAt, lastDelivery time.Time
+	lastErr                          *upstream.Error
+	counts                           Counts
 }
 
 type item struct {
@@ -160,6 +165,7 @@ func (s *Scheduler) Submit(m *queue.Message, st *queue.Staged) <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	it := &item{msg: m}
+	s.counts.Accepted++
 	if st != nil {
 		it.staged, it.snapshot, it.tried = st, m.Clone(), make(chan struct{})
 	}
@@ -381,6 +387,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 		// record (saving two fsyncs per message): after a crash every
 		// queued message is tried again at start anyway.
 		m.Attempts++
+		s.counted(func(c *Counts) { c.Attempts++ })
 		m.NextAttempt = now.Add(Backoff(m.Attempts, s.pol.RetryMin, s.pol.RetryMax, rand.Float64()))
 		if err := s.saveRetry(m); err != nil {
 			log.Error().Err(err).Str(logging.KeyStage, "queue").Str(logging.KeyRemedy, logging.RemedyQueueDir).Int(logging.KeyAttempt, m.Attempts).
@@ -532,6 +539,8 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 				}
 			}
 			logging.Delivered(s.log, m, port, took)
+			s.attempted(nil)
+			s.counted(func(c *Counts) { c.Delivered++ })
 			s.release(it, true, Outcome{Delivered: true})
 			return
 		}
@@ -541,6 +550,8 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 		}
 		s.reportFailure(m, log)
 		logging.Failed(s.log, m, firstFail, delivered, failed)
+		s.attempted(firstFail)
+		s.failedOne(firstFail)
 		o := Outcome{}
 		if delivered == 0 {
 			o.Refusal = firstFail
@@ -564,6 +575,7 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 			}
 		}
 	}
+	s.attempted(cause)
 	resume := s.upstreamState(cause)
 	if resume.After(m.NextAttempt) {
 		m.NextAttempt = resume
@@ -711,6 +723,7 @@ func (s *Scheduler) moveToFailed(it *item, log zerolog.Logger, final queue.Outco
 		}
 	}
 	logging.Failed(s.log, m, fromOutcome(&final), delivered, len(m.Rcpts)-delivered)
+	s.failedOne(fromOutcome(&final))
 	s.release(it, true, Outcome{})
 }
 

@@ -424,6 +424,9 @@ func (c *Client) open(ctx context.Context, port int, full bool) (_ *session, rer
 		return nil, Classify(StageConnect, port, err)
 	}
 	c.trace(StageConnect, port, "connected to %s", addr)
+	c.pool.mu.Lock()
+	c.pool.connections++
+	c.pool.mu.Unlock()
 	s := &session{c: c, port: port, raw: raw}
 	// Cancelling ctx (shutdown) unblocks any read or write at once.
 	s.stop = context.AfterFunc(ctx, func() { raw.Close() })

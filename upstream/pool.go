@@ -12,8 +12,23 @@ import (
 type pool struct {
 	mu   sync.Mutex
 	idle []*session
-	// logins counts fresh logins, for tests and the benchmark.
-	logins int
+	// logins counts fresh logins and connections the connections opened,
+	// for the metrics, tests and the benchmark.
+	logins, connections int
+}
+
+// Stats are the client's connection counts.
+type Stats struct {
+	Connections int // opened since the client was made
+	Logins      int // fresh logins since the client was made
+	Idle        int // logged-in connections kept for the next message now
+}
+
+// Stats returns the client's connection counts.
+func (c *Client) Stats() Stats {
+	c.pool.mu.Lock()
+	defer c.pool.mu.Unlock()
+	return Stats{Connections: c.pool.connections, Logins: c.pool.logins, Idle: len(c.pool.idle)}
 }
 
 // Logins returns how many times the client has logged in.

@@ -23,6 +23,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/demo"
 	"github.com/icloud-relay/icloud-relay/doctor"
 	"github.com/icloud-relay/icloud-relay/internal/buildinfo"
+	"github.com/icloud-relay/icloud-relay/internal/redact"
 	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/relay"
 	"github.com/icloud-relay/icloud-relay/relay/control"
@@ -56,7 +57,8 @@ func commands() []command {
 		{"start", "start the service", serviceCmd("start")},
 		{"stop", "stop the service", serviceCmd("stop")},
 		{"restart", "restart the service", serviceCmd("restart")},
-		{"status", "is the service running, and what is queued", serviceCmd("status")},
+		{"status", "is the relay running, can mail flow, and what is queued", serviceCmd("status")},
+		{"open", "open the running relay's status page in the browser", openCmd},
 		{"reload", "make the running relay read its config again (as SIGHUP does, on every OS)", reloadCmd},
 		{"version", "print the version", versionCmd},
 	}
@@ -175,6 +177,7 @@ func runCmd(args []string) int {
 	}
 	red := cfg.Redactor()
 	interactive := !*managed && service.Interactive()
+	events := logging.NewRing(200) // the status page's last events
 	logs := func(cfg *config.Config) (zerolog.Logger, io.Closer, error) {
 		file := cfg.Log.File
 		if file == "" && !interactive {
@@ -183,12 +186,16 @@ func runCmd(args []string) int {
 			file = config.DefaultPaths(!config.IsAdmin()).Log
 		}
 		return logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: file,
-			MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Redactor: red}, os.Stderr)
+			MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Redactor: red, Ring: events}, os.Stderr)
 	}
 	prog, err := app.NewProgram(cfg.Path, cfg, logs, red)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay: log.file: %v\n", err)
 		return exitUsage
+	}
+	prog.Events = events
+	prog.Checks = func(ctx context.Context, cfg *config.Config, begin func(string), done func(any)) bool {
+		return doctor.Run(ctx, cfg, doctor.Options{Progress: pageProgress{begin, done, red}}).OK
 	}
 	defer prog.Close()
 	if err := service.Run(prog, !interactive); err != nil {
@@ -208,6 +215,20 @@ func runCmd(args []string) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// pageProgress streams the checklist to the status page, masked as the
+// terminal's is (a server's reply may echo the login).
+type pageProgress struct {
+	begin func(string)
+	done  func(any)
+	red   *redact.Redactor
+}
+
+func (p pageProgress) Begin(name string) { p.begin(name) }
+func (p pageProgress) Done(s doctor.Step) {
+	s.Detail, s.Remedy = p.red.String(s.Detail), p.red.String(s.Remedy)
+	p.done(s)
 }
 
 func doctorCmd(args []string) int {

@@ -165,8 +165,8 @@ dir = %q
 %s[log]
 format = "json"
 level = "debug"
-%s
-`, listen, s.UpstreamTOML(password, ca), filepath.Join(dir, "queue"), delivery, extra)
+%s%s
+`, listen, s.UpstreamTOML(password, ca), filepath.Join(dir, "queue"), delivery, extra, statusSection(extra))
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -427,4 +427,13 @@ func TestPortInUseIsExplained(t *testing.T) {
 	for _, err := range logcheck.Lines(string(out)) {
 		t.Error(err)
 	}
+}
+
+// statusSection gives each test relay a status page of its own (a port
+// the OS picks), unless the test sets [status] itself.
+func statusSection(extra string) string {
+	if strings.Contains(extra, "[status]") {
+		return ""
+	}
+	return "\n[status]\naddr = \"127.0.0.1:0\"\n"
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,8 +11,9 @@ import (
 
 	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/internal/private"
-	"github.com/icloud-relay/icloud-relay/relay/queue"
+	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/service"
+	"github.com/icloud-relay/icloud-relay/status"
 )
 
 // serviceCmd returns the command for one service-manager action.
@@ -20,6 +22,10 @@ func serviceCmd(action string) func([]string) int {
 		fs := flag.NewFlagSet(action, flag.ContinueOnError)
 		user := fs.Bool("user", false, "a service of the current user (launchd agent, systemd user unit) instead of a system one")
 		cfgPath := fs.String("config", "", "config file (default: the per-OS location)")
+		asJSON := new(bool)
+		if action == "status" {
+			asJSON = fs.Bool("json", false, "print the summary as JSON")
+		}
 		fs.Usage = func() {
 			fmt.Fprintf(os.Stderr, "Usage: icloud-relay %s [--config FILE] [--user]\n\n%s\n", action, serviceHelp[action])
 			fs.PrintDefaults()
@@ -32,7 +38,7 @@ func serviceCmd(action string) func([]string) int {
 		}
 		def := service.Definition{ConfigPath: *cfgPath, User: *user}
 		if action == "status" {
-			return statusCmd(def)
+			return statusCmd(def, *asJSON)
 		}
 		var cfg *config.Config
 		if action == "install" {
@@ -68,7 +74,7 @@ var serviceHelp = map[string]string{
 	"start":     "Starts the installed service.",
 	"stop":      "Stops the service gracefully (queued mail stays queued).",
 	"restart":   "Restarts the service.",
-	"status":    "Says whether the service runs, and what the queue holds.",
+	"status":    "Says whether the service runs and, from the running relay (service or foreground), whether mail\ncan flow: the stage, cause and remedy when it cannot, the port in use, the last delivery, the\nlast 24 hours against iCloud's daily limit, the queue and the status page's address.\nExit 0 when a relay runs and mail can flow, 1 otherwise.",
 }
 
 // serviceDefinition is the service that runs cfg. A system service runs as
@@ -124,30 +130,122 @@ func printInstalled(cfg *config.Config, user bool) {
 	fmt.Printf("Next: icloud-relay start%s, then icloud-relay status%s and icloud-relay doctor --config %s\n", flag, flag, cfg.Path)
 }
 
-func statusCmd(def service.Definition) int {
-	st, err := service.Status(def)
+// statusCmd says whether the service runs and, asking the running relay
+// (a service or one in the foreground), whether mail can flow: the status
+// page's summary. Exit 0 when a relay runs and mail can flow.
+func statusCmd(def service.Definition, asJSON bool) int {
+	svc, err := service.Status(def)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "icloud-relay status: %v\n", err)
-		if errors.Is(err, service.ErrNoManager) {
-			st = "unavailable (no service manager)"
-		} else {
+		if !errors.Is(err, service.ErrNoManager) {
+			fmt.Fprintf(os.Stderr, "icloud-relay status: %v\n", err)
 			return exitFailure
 		}
+		if !asJSON {
+			fmt.Fprintf(os.Stderr, "icloud-relay status: %v\n", err)
+		}
+		svc = "unavailable (no service manager)"
 	}
-	fmt.Printf("service: %s\n", st)
-	if cfg, err := config.LoadLocal(def.ConfigPath); err == nil {
-		if q, err := queue.Open(cfg.Queue.Dir); err == nil {
-			active, _ := q.Active()
-			failed, _ := q.Failed()
-			line := fmt.Sprintf("queue:   %d waiting, %d failed", len(active), len(failed))
-			if len(active) > 0 {
-				line += fmt.Sprintf(", oldest waiting %s", time.Since(active[0].Received).Round(time.Second))
+	out := struct {
+		Service string `json:"service"`
+		Running bool   `json:"running"` // a relay runs on the queue (service or foreground)
+		*status.Report
+		Queued   int    `json:"queued"`
+		Failed   int    `json:"failed"`
+		Problem  string `json:"problem,omitempty"` // why the relay could not be asked
+		QueueDir string `json:"queue_dir,omitempty"`
+	}{Service: svc}
+	if cfg, err := config.LoadLocal(def.ConfigPath); err != nil {
+		out.Problem = err.Error()
+	} else if q, err := control.Open(cfg.Queue.Dir); err != nil {
+		out.Problem = err.Error()
+	} else {
+		out.QueueDir = cfg.Queue.Dir
+		raw, err := q.Status()
+		switch {
+		case err == nil:
+			out.Running = true
+			if err := json.Unmarshal(raw, &out.Report); err != nil {
+				out.Problem = "the relay's answer: " + err.Error()
 			}
-			fmt.Println(line)
+		case !errors.Is(err, control.ErrNotRunning):
+			out.Problem = err.Error()
+		}
+		active, _ := q.Active()
+		failed, _ := q.Failed()
+		out.Queued, out.Failed = len(active), len(failed)
+		q.Close()
+	}
+	code := exitFailure
+	if out.Report != nil && out.Report.OK {
+		code = exitOK
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(out)
+		return code
+	}
+	fmt.Printf("service: %s\n", svc)
+	r := out.Report
+	if r == nil {
+		relay := "relay:   not running"
+		if out.QueueDir != "" {
+			relay += " on " + out.QueueDir
+		}
+		fmt.Println(relay)
+		if out.Problem != "" {
+			fmt.Printf("         (%s)\n", out.Problem)
+		}
+		if out.QueueDir != "" {
+			fmt.Printf("queue:   %d waiting, %d failed\n", out.Queued, out.Failed)
+		}
+		return code
+	}
+	mark := "✓"
+	if !r.OK {
+		mark = "✗"
+	}
+	fmt.Printf("relay:   %s running\n\n%s %s\n", r.Version, mark, r.Headline)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Printf("  %-14s %s\n", k, v)
 		}
 	}
-	if st != "running" {
-		return exitFailure
+	if !r.OK {
+		if r.Since != nil {
+			row("since", r.Since.Local().Format("Mon 2 Jan 15:04:05"))
+		}
+		if r.Error != "" {
+			row("what happened", r.Error)
+		}
+		row("what to do", r.Remedy)
+		row("the relay", r.Doing)
 	}
-	return exitOK
+	fmt.Println()
+	port := fmt.Sprint(r.Port)
+	if r.PortNote != "" {
+		port = r.PortNote
+	}
+	row("port", port)
+	last := "none yet"
+	if r.LastDelivery != nil {
+		last = age(*r.LastDelivery) + " ago"
+	}
+	row("last delivery", last)
+	today := fmt.Sprintf("%d messages, %d recipients", r.SentToday, r.RecipientsToday)
+	if r.DailyLimit > 0 {
+		today += fmt.Sprintf(" (iCloud allows about %d a day)", r.DailyLimit)
+	}
+	row("last 24 hours", today)
+	queued := fmt.Sprintf("%d waiting, %d failed", r.Queued, r.FailedCount)
+	if r.OldestSeconds > 0 {
+		queued += fmt.Sprintf(", oldest waiting %s", (time.Duration(r.OldestSeconds) * time.Second).String())
+	}
+	row("queue", queued)
+	if f := r.LastFailure; f != nil && r.OK {
+		row("last failure", fmt.Sprintf("%s (%s ago)", f.Error, age(f.At)))
+		row("", f.Remedy)
+	}
+	row("status page", r.URL)
+	return code
 }

@@ -177,9 +177,15 @@ func setupCmd(args []string) int {
 				return exitFailure
 			}
 			fmt.Println("Started. Point your mail programs at 127.0.0.1, port 2525, no encryption, no password.")
+			if cfg.Status.Addr != "" {
+				fmt.Printf("See what it does at http://%s/ (icloud-relay open).\n", cfg.Status.Addr)
+			}
 		}
 	} else {
 		fmt.Printf("\nTo run it now in the foreground: icloud-relay run --config %s\n", cfg.Path)
+		if cfg.Status.Addr != "" {
+			fmt.Printf("While it runs, its status page is at http://%s/ (icloud-relay open).\n", cfg.Status.Addr)
+		}
 	}
 	return exitOK
 }

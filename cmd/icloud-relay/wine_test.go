@@ -165,6 +165,8 @@ retry_max = "2h"
 sync_window = "0s"
 [log]
 format = "json"
+[status]
+addr = "127.0.0.1:0"
 `, listen, s.Host, s.StartTLSPort, s.TLSPort, s.Username(), s.Password(), w.winPath(ca), w.winPath(filepath.Join(w.dir, "queue")))
 	path := filepath.Join(w.dir, "config.toml")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {

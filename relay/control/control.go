@@ -53,6 +53,9 @@ type Ops interface {
 	Delete(id string) error
 	Requeue(id string) error
 	Hold() (upstream.Class, time.Time)
+	// Status is the relay's health summary (the status page's report
+	// without its message lists), as JSON.
+	Status() json.RawMessage
 }
 
 type endpoint struct {
@@ -88,11 +91,12 @@ type request struct {
 }
 
 type reply struct {
-	Error    string     `json:"error,omitempty"`
-	NotFound bool       `json:"not_found,omitempty"`
-	Queued   int        `json:"queued,omitempty"`
-	Hold     string     `json:"hold,omitempty"`
-	Until    *time.Time `json:"until,omitempty"`
+	Error    string          `json:"error,omitempty"`
+	NotFound bool            `json:"not_found,omitempty"`
+	Queued   int             `json:"queued,omitempty"`
+	Hold     string          `json:"hold,omitempty"`
+	Until    *time.Time      `json:"until,omitempty"`
+	Status   json.RawMessage `json:"status,omitempty"`
 }
 
 // Serve starts the API for ops and publishes its endpoint in dir; red
@@ -203,6 +207,8 @@ func (s *Server) handle(req request) reply {
 		if !until.IsZero() {
 			r.Until = &until
 		}
+	case "status":
+		r.Status = s.ops.Status()
 	case "reload":
 		if s.reload == nil {
 			err = errors.New("this relay does not take reloads")
@@ -325,6 +331,15 @@ func (q *Queue) Hold() (upstream.Class, time.Time, error) {
 		return upstream.Class(r.Hold), time.Time{}, err
 	}
 	return upstream.Class(r.Hold), *r.Until, nil
+}
+
+// Status is the running relay's health summary (JSON), or ErrNotRunning.
+func (q *Queue) Status() (json.RawMessage, error) {
+	if q.ep == nil {
+		return nil, ErrNotRunning
+	}
+	r, err := q.call("status", "")
+	return r.Status, err
 }
 
 // ErrNotRunning: no relay runs on the queue.
