@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -75,5 +76,23 @@ func TestLogFileRotates(t *testing.T) {
 	last, _ := os.ReadFile(path)
 	if !strings.Contains(string(last), `"n":99`) {
 		t.Fatal("the newest lines are not in the current file")
+	}
+}
+
+// The log file names senders and recipients: an existing one that others
+// could read is made its owner's alone when the relay opens it.
+func TestTheLogFileIsPrivate(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("modes: Windows gets a DACL (internal/private tests it)")
+	}
+	path := filepath.Join(t.TempDir(), "relay.log")
+	os.WriteFile(path, nil, 0o644)
+	_, closer, err := New(Options{File: path, Redactor: redact.New()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closer.Close()
+	if info, _ := os.Stat(path); info.Mode().Perm() != 0o600 {
+		t.Fatalf("log file mode %o, want 600", info.Mode().Perm())
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/icloud-relay/icloud-relay/internal/private"
 )
 
 // rotatingFile is a log file that is renamed to .1 (.1 to .2 and so on)
@@ -36,6 +38,12 @@ func (r *rotatingFile) open() error {
 	if err != nil {
 		f.Close()
 		return err
+	}
+	// The log names senders and recipients: its owner's (and on Windows
+	// SYSTEM's and the Administrators') alone.
+	if err := private.Restrict(r.path); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot make %s private: %w", r.path, err)
 	}
 	r.f, r.size = f, st.Size()
 	return nil

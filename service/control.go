@@ -37,8 +37,8 @@ type Definition struct {
 	// LogFile is the relay's log; launchd keeps its standard error beside.
 	LogFile string
 	// Account is the unprivileged system account a system service runs as
-	// (Linux: a user and group of that name, which own the queue and logs);
-	// empty: the service manager's default (root, LocalSystem).
+	// (Linux, macOS: a user and group of that name, which own the queue and
+	// logs); empty: the service manager's default (root, LocalSystem).
 	Account string
 }
 
@@ -86,7 +86,7 @@ func (d Definition) config() (*kservice.Config, error) {
 	}
 	if d.LogFile != "" {
 		// Used by launchd only; no braces either.
-		c.Option["LaunchdConfig"] = launchdPlist(exe, c.Arguments, filepath.Join(filepath.Dir(d.LogFile), "launchd.stderr.log"))
+		c.Option["LaunchdConfig"] = launchdPlist(exe, c.Arguments, filepath.Join(filepath.Dir(d.LogFile), "launchd.stderr.log"), d.Account)
 	}
 	if !d.User {
 		// Used by systemd only. kardianos/service parses it as a template:

@@ -8,8 +8,9 @@ import (
 // launchdPlist is the property list of the launchd daemon (or, with
 // --user, agent): started at load, started again when it exits with an
 // error, the relay's standard error kept in stderrPath (the log proper is
-// the relay's own file).
-func launchdPlist(exe string, args []string, stderrPath string) string {
+// the relay's own file). A daemon with an account runs as that user and
+// group instead of root.
+func launchdPlist(exe string, args []string, stderrPath, account string) string {
 	var b bytes.Buffer
 	esc := func(s string) string {
 		var e bytes.Buffer
@@ -43,7 +44,11 @@ func launchdPlist(exe string, args []string, stderrPath string) string {
 	<string>Background</string>
 	<key>StandardErrorPath</key>
 	<string>` + esc(stderrPath) + `</string>
-</dict>
+`)
+	if account != "" {
+		b.WriteString("\t<key>UserName</key>\n\t<string>" + esc(account) + "</string>\n\t<key>GroupName</key>\n\t<string>" + esc(account) + "</string>\n")
+	}
+	b.WriteString(`</dict>
 </plist>
 `)
 	return b.String()

@@ -32,6 +32,11 @@ func plist(t *testing.T, doc string) map[string][]string {
 				dec.DecodeElement(&k, &el)
 				depth--
 				key = k
+			case depth == 3 && el.Name.Local == "string": // the type, then the value
+				var v string
+				dec.DecodeElement(&v, &el)
+				depth--
+				out[key] = append(out[key], "string", v)
 			case depth == 3:
 				out[key] = append(out[key], el.Name.Local)
 			case depth == 4 && el.Name.Local == "string" && key == "ProgramArguments":
@@ -52,7 +57,7 @@ func plist(t *testing.T, doc string) map[string][]string {
 // place for standard error.
 func TestLaunchdPlist(t *testing.T) {
 	exe, cfg := "/usr/local/bin/icloud-relay", "/Library/Application Support/icloud-relay/config & more.toml"
-	doc := launchdPlist(exe, []string{"run", "--config", cfg, "--service"}, "/Library/Logs/icloud-relay/launchd.stderr")
+	doc := launchdPlist(exe, []string{"run", "--config", cfg, "--service"}, "/Library/Logs/icloud-relay/launchd.stderr", "")
 	p := plist(t, doc)
 	if !strings.HasPrefix(doc, `<?xml version="1.0" encoding="UTF-8"?>`) || !strings.Contains(doc, `<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN"`) {
 		t.Fatalf("not a property list:\n%s", doc)
@@ -68,5 +73,17 @@ func TestLaunchdPlist(t *testing.T) {
 		if got := p[key]; len(got) == 0 || got[0] != want {
 			t.Errorf("%s: %v, want <%s>", key, got, want)
 		}
+	}
+}
+
+// A daemon with the service account runs as it (UserName, GroupName); an
+// agent, or a daemon without one, names no user.
+func TestLaunchdPlistRunsAsTheServiceAccount(t *testing.T) {
+	p := plist(t, launchdPlist("/usr/local/bin/icloud-relay", []string{"run"}, "/Library/Logs/icloud-relay/launchd.stderr", Account))
+	if u, g := p["UserName"], p["GroupName"]; len(u) != 2 || u[1] != Account || len(g) != 2 || g[1] != Account {
+		t.Fatalf("UserName %q GroupName %q", u, g)
+	}
+	if p := plist(t, launchdPlist("/usr/local/bin/icloud-relay", []string{"run"}, "/tmp/x", "")); len(p["UserName"]) != 0 {
+		t.Fatalf("a plist without an account names a user: %q", p["UserName"])
 	}
 }

@@ -156,3 +156,26 @@ func TestAnEchoedPasswordIsMaskedEverywhere(t *testing.T) {
 		}
 	}
 }
+
+// A password in the credential store of whoever runs setup is out of reach
+// of a system service: setup and install refuse the combination at once,
+// rather than install a service that fails to start.
+func TestAKeyringPasswordIsRefusedForASystemService(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.toml")
+	os.WriteFile(cfg, []byte("[upstream]\nusername = \"demo@icloud.com\"\npassword_keyring = true\n[queue]\ndir = \""+filepath.ToSlash(filepath.Join(dir, "queue"))+"\"\n"), 0o644)
+	code, out := runCLI(t, "install", "--config", cfg)
+	if code != 2 || !strings.Contains(out, "a system service cannot read") || !strings.Contains(out, "--user") {
+		t.Errorf("install: exit %d\n%s", code, out)
+	}
+	other := filepath.Join(dir, "setup.toml")
+	cmd := exec.Command(binary, "setup", "--config", other, "--keyring", "--install", "--address", "demo@icloud.com", "--password-stdin", "--yes", "--skip-checks")
+	cmd.Stdin = strings.NewReader("abcd-efgh-ijkl-mnop\n")
+	b, _ := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 2 || !strings.Contains(string(b), "a system service cannot read") {
+		t.Errorf("setup --keyring --install: exit %d\n%s", cmd.ProcessState.ExitCode(), b)
+	}
+	if _, err := os.Stat(other); err == nil {
+		t.Error("setup wrote a config it then could not use")
+	}
+}

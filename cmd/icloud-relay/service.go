@@ -42,6 +42,12 @@ func serviceCmd(action string) func([]string) int {
 		}
 		var cfg *config.Config
 		if action == "install" {
+			// Refused before the password is looked up: the installer's own
+			// credential store is no test of the service's.
+			if local, err := config.LoadLocal(*cfgPath); err == nil && local.Upstream.PasswordKeyring && !*user {
+				fmt.Fprintf(os.Stderr, "icloud-relay install: %v\n", errKeyringSystemService)
+				return exitUsage
+			}
 			var ok bool
 			if cfg, ok = loadConfig(*cfgPath); !ok {
 				return exitUsage
@@ -77,12 +83,23 @@ var serviceHelp = map[string]string{
 	"status":    "Says whether the service runs and, from the running relay (service or foreground), whether mail\ncan flow: the stage, cause and remedy when it cannot, the port in use, the last delivery, the\nlast 24 hours against iCloud's daily limit, the queue and the status page's address.\nExit 0 when a relay runs and mail can flow, 1 otherwise.",
 }
 
+// errKeyringSystemService: a password in the credential store of the user
+// who ran setup is out of reach of a system service (LocalSystem, root's
+// daemon context, a systemd system unit or the icloud-relay account), which
+// would then fail to start on a config error.
+var errKeyringSystemService = errors.New("the password is in your own OS credential store (password_keyring), which a system service cannot read: " +
+	"keep it in a file instead (icloud-relay setup without --keyring: readable by root and the service only), " +
+	"or install a service of your own user (--user)")
+
 // serviceDefinition is the service that runs cfg. A system service runs as
 // the unprivileged service account where there is one (Linux, after the
 // .deb or .rpm made it): it gets its queue and logs, and may read the
 // password, which stays hidden from everyone else.
 func serviceDefinition(cfg *config.Config, user bool) (service.Definition, error) {
 	def := service.Definition{ConfigPath: cfg.Path, User: user, LogFile: serviceLogFile(cfg, user)}
+	if cfg.Upstream.PasswordKeyring && !user {
+		return def, errKeyringSystemService
+	}
 	def.Writable = []string{cfg.Queue.Dir, filepath.Dir(def.LogFile)}
 	if def.Account = serviceAccount(user); def.Account == "" {
 		return def, nil

@@ -74,6 +74,10 @@ func setupCmd(args []string) int {
 	if *cfgPath == "" {
 		*cfgPath = config.DefaultPaths(*user).Config
 	}
+	if *useKeyring && !*user && *install {
+		fmt.Fprintln(os.Stderr, "icloud-relay setup: "+errKeyringSystemService.Error())
+		return exitUsage
+	}
 	in := bufio.NewReader(os.Stdin)
 	tty := term.IsTerminal(int(os.Stdin.Fd()))
 	ask := func(question, def string) (string, error) {
@@ -152,7 +156,11 @@ func setupCmd(args []string) int {
 	}
 
 	doInstall := *install
-	if !doInstall && !*yes && tty {
+	if *useKeyring && !*user && !doInstall {
+		// Never offer a service that would fail to start.
+		fmt.Println("\nThe password is in your own credential store: a system service cannot read it. Run the relay\n" +
+			"yourself (below), or run setup again without --keyring to install the service.")
+	} else if !doInstall && !*yes && tty {
 		ans, _ := ask("\nInstall the relay as a service that starts with the computer?", "yes")
 		doInstall = isYes(ans)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/icloud-relay/icloud-relay/internal/testenv"
+	"github.com/icloud-relay/icloud-relay/logging"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
 
@@ -220,6 +222,22 @@ func TestWindowsBuildUnderWine(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &entries) != nil || len(entries) != 1 {
 		t.Fatalf("queue list under Wine: exit %d\n%s", code, out)
 	}
+	// The status page and status --json of the Windows relay say so too.
+	page, _ := p.waitLog(t, logging.EvStatusPage)["url"].(string)
+	if res, err := http.Get(page + "api/status"); err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("status page under Wine: %v %v", err, res)
+	} else {
+		res.Body.Close()
+	}
+	out, _ = w.relay("status", "--json", "--config", cfg)
+	var st struct {
+		Running bool
+		Queued  int
+		State   string
+	}
+	if json.Unmarshal([]byte(out), &st) != nil || !st.Running || st.Queued != 1 || st.State != "retrying" {
+		t.Fatalf("status --json under Wine:\n%s", out)
+	}
 	if _, err := os.Stat(filepath.Join(w.dir, "queue", "active", entries[0].ID+".json")); err != nil {
 		t.Fatalf("not on disk: %v", err)
 	}
@@ -253,6 +271,11 @@ func TestWindowsBuildUnderWine(t *testing.T) {
 		t.Fatalf("after retry %d delivered, want 3", len(got))
 	}
 	t.Logf("queue retry --all: %s", time.Since(step).Round(time.Millisecond))
+	// Killed only once the relay has taken it out of the queue: killed
+	// between the upstream's reply and that, it would rightly send it again.
+	if left := waitQueueEmpty(w.dir, 10*time.Second); len(left) != 0 {
+		t.Fatalf("still queued after delivery: %v", left)
+	}
 	p.cmd.Process.Kill()
 	<-p.done
 

@@ -1,3 +1,5 @@
+//go:build linux || darwin
+
 package main
 
 import (
@@ -6,8 +8,9 @@ import (
 	"github.com/icloud-relay/icloud-relay/service"
 )
 
-// serviceAccount is the account a system service runs as: the packages'
-// unprivileged service account when this machine has it, else "" (root).
+// serviceAccount is the account a system service runs as: the unprivileged
+// service account when this machine has it (the .deb and .rpm make it on
+// Linux; on macOS an administrator may), else "" (root).
 func serviceAccount(user bool) string {
 	if user {
 		return ""
