@@ -87,7 +87,7 @@ func New(cfg *config.Config, log zerolog.Logger, red *redact.Redactor) (*App, er
 	lc := relay.ListenConfig{
 		Addrs: listenAddrs(l.Addr), Allow: l.AllowNets, Users: map[string]string{},
 		Hostname: l.Hostname, MaxRecipients: l.MaxRecipients,
-		Timeout: l.Timeout.D(), MaxConnections: l.MaxConnections, MaxConnectionsPerClient: l.MaxConnectionsPerClient, SyncWindow: d.SyncWindow.D(), UpstreamLimit: a.up.MaxSize,
+		Timeout: l.Timeout.D(), MaxConnections: l.MaxConnections, MaxConnectionsPerClient: l.MaxConnectionsPerClient, SyncWindow: d.SyncWindow.D(), BulkGap: d.BulkGap.D(), UpstreamLimit: a.up.MaxSize,
 	}
 	if l.TLSAddr != "" {
 		lc.TLSAddrs = []string{l.TLSAddr}

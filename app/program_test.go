@@ -17,7 +17,10 @@ import (
 // The program as the service manager drives it: start, deliver, stop
 // gracefully with mail queued, start again, and the queued mail goes.
 func TestProgramLifecycle(t *testing.T) {
-	e := newEnv(t, "")
+	// Each message waits for its attempt (no bulk rule): the second must
+	// still be queued, not in the middle of a delivery, when the program
+	// stops.
+	e := newEnv(t, `bulk_gap = "0s"`)
 	e.stop()
 	red := e.cfg.Redactor()
 	p, err := app.NewProgram(e.cfg.Path, e.cfg, func(*config.Config) (zerolog.Logger, io.Closer, error) {

@@ -122,6 +122,7 @@ type Queue struct {
 type Delivery struct {
 	Workers       int      `toml:"workers"`
 	SyncWindow    Duration `toml:"sync_window"`
+	BulkGap       Duration `toml:"bulk_gap"`
 	RetryMin      Duration `toml:"retry_min"`
 	RetryMax      Duration `toml:"retry_max"`
 	MaxAge        Duration `toml:"max_age"`
@@ -142,6 +143,9 @@ type Log struct {
 	File     string `toml:"file"`
 	MaxSize  Size   `toml:"max_size"`
 	MaxFiles int    `toml:"max_files"`
+	// Stderr: with a file, write each line to standard error as well
+	// (a terminal always gets them); otherwise each line is written once.
+	Stderr bool `toml:"stderr"`
 }
 
 // Status configures the status page (and /metrics).
@@ -181,6 +185,7 @@ func Default() Config {
 		Delivery: Delivery{
 			Workers:       2,
 			SyncWindow:    Duration(10 * time.Second),
+			BulkGap:       Duration(time.Second),
 			RetryMin:      Duration(30 * time.Second),
 			RetryMax:      Duration(time.Hour),
 			MaxAge:        Duration(72 * time.Hour),
@@ -470,6 +475,9 @@ func (c *Config) validate(file string, lines map[string]int, secret bool) error 
 	}
 	if c.Delivery.SyncWindow < 0 {
 		bad("delivery.sync_window", "must not be negative")
+	}
+	if c.Delivery.BulkGap < 0 {
+		bad("delivery.bulk_gap", "must not be negative (0 turns the bulk rule off)")
 	}
 	positive(bad, "delivery.retry_min", c.Delivery.RetryMin)
 	positive(bad, "delivery.retry_max", c.Delivery.RetryMax)

@@ -42,7 +42,11 @@ type ListenConfig struct {
 	// concurrent connections; 0: no limit.
 	MaxConnectionsPerClient int
 	SyncWindow              time.Duration
-	TLSAddrs                []string // implicit-TLS listeners, for clients that only speak that
+	// BulkGap: a client's message is answered after the local commit, not
+	// the sync window, when the client had another in flight or finished
+	// one less than BulkGap before (bulk.go); 0: never.
+	BulkGap  time.Duration
+	TLSAddrs []string // implicit-TLS listeners, for clients that only speak that
 	// UpstreamLimit, if set, returns the upstream's advertised size limit
 	// (0 while unknown), so a client announcing a larger SIZE is refused
 	// at once instead of after the upload.
@@ -65,13 +69,14 @@ type Server struct {
 	connCount int
 	perClient map[netip.Prefix]int
 	refusals  refusalLogs
+	bulk      *bulkTracker
 }
 
 // NewServer returns a listener that takes messages through in and hands
 // them to sched.
 func NewServer(cfg ListenConfig, in *Intake, sched *Scheduler, log zerolog.Logger) *Server {
 	s := &Server{cfg: cfg, in: in, sched: sched, log: log, sessions: map[*session]struct{}{}, logins: newLoginLimits(),
-		perClient: map[netip.Prefix]int{}, refusals: newRefusalLogs(log, refusalInterval)}
+		perClient: map[netip.Prefix]int{}, refusals: newRefusalLogs(log, refusalInterval), bulk: newBulkTracker(cfg.BulkGap)}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = cfg.TLS
@@ -286,11 +291,14 @@ func (ss *session) Data(r io.Reader) error {
 func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	s := ss.srv
 	host, _, _ := net.SplitHostPort(ss.remote)
+	bulk, done := s.bulk.begin(host, time.Now())
+	defer done()
 	m, st, err := s.in.Stage(Envelope{From: ss.origFrom, Rcpts: ss.rcpts, UTF8: ss.utf8, Helo: ss.helo, Client: host}, r)
-	// With a sync window the client waits for the first attempt, and the
-	// message stays staged: committed to disk only when the upstream does
-	// not take it at once (see queue.Stage).
-	if err == nil && s.cfg.SyncWindow <= 0 {
+	// With a sync window an interactive client waits for the first
+	// attempt, and the message stays staged: committed to disk only when
+	// the upstream does not take it at once (see queue.Stage). A bulk one
+	// is answered once the message is on disk.
+	if err == nil && (s.cfg.SyncWindow <= 0 || bulk) {
 		err, st = s.in.q.Commit(st, m), nil
 	}
 	if err != nil {

@@ -19,7 +19,7 @@ import (
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
 )
 
-func standin(t *testing.T) *upstreamtest.Server {
+func standin(t testing.TB) *upstreamtest.Server {
 	t.Helper()
 	s, err := upstreamtest.Start(upstreamtest.Options{Aliases: []string{"alias@icloud.com"}})
 	if err != nil {
@@ -29,7 +29,7 @@ func standin(t *testing.T) *upstreamtest.Server {
 	return s
 }
 
-func client(t *testing.T, s *upstreamtest.Server, mod ...func(*upstream.Config)) *upstream.Client {
+func client(t testing.TB, s *upstreamtest.Server, mod ...func(*upstream.Config)) *upstream.Client {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(s.CA.PEM)
 	cfg := upstream.Config{

@@ -185,8 +185,14 @@ func runCmd(args []string) int {
 			// to the per-OS file too.
 			file = config.DefaultPaths(!config.IsAdmin()).Log
 		}
+		// Each line once: with a file, standard error gets the lines only
+		// when a person watches it (a terminal) or log.stderr asks for them.
+		var stderr io.Writer = os.Stderr
+		if file != "" && !cfg.Log.Stderr && !isatty.IsTerminal(os.Stderr.Fd()) {
+			stderr = io.Discard
+		}
 		return logging.New(logging.Options{Level: cfg.Log.Level, Format: cfg.Log.Format, File: file,
-			MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Redactor: red, Ring: events}, os.Stderr)
+			MaxSize: int64(cfg.Log.MaxSize), MaxFiles: cfg.Log.MaxFiles, Redactor: red, Ring: events}, stderr)
 	}
 	prog, err := app.NewProgram(cfg.Path, cfg, logs, red)
 	if err != nil {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -162,5 +165,36 @@ func TestReloadCommand(t *testing.T) {
 	// The relay goes on after the reload: a queue command reaches the new one.
 	if code, out := runCLI(t, "queue", "retry", "--all", "--config", cfg); code != 0 {
 		t.Fatalf("after the reload: %s", out)
+	}
+}
+
+// With log.file set, each line is written once: to the file, not also to
+// standard error (a pipe, the journal), unless log.stderr asks for it.
+func TestEachLogLineIsWrittenOnce(t *testing.T) {
+	s := standIn(t, upstreamtest.Options{})
+	for _, also := range []bool{false, true} {
+		dir := t.TempDir()
+		logFile := filepath.Join(dir, "relay.log")
+		cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "")
+		text, _ := os.ReadFile(cfg)
+		os.WriteFile(cfg, []byte(strings.Replace(string(text), "[log]\n", fmt.Sprintf("[log]\nfile = %q\nstderr = %v\n", logFile, also), 1)), 0o600)
+		cmd := exec.Command(binary, "run", "--config", cfg)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if b, _ := os.ReadFile(logFile); bytes.Contains(b, []byte(`"message":"relay started"`)) {
+				break
+			}
+		}
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		file, _ := os.ReadFile(logFile)
+		inFile, onStderr := bytes.Count(file, []byte(`"message":"relay started"`)), strings.Count(stderr.String(), `"message":"relay started"`)
+		if want := map[bool]int{false: 0, true: 1}[also]; inFile != 1 || onStderr != want {
+			t.Errorf("stderr = %v: the start-up line %d times in the file, %d on stderr; want 1 and %d", also, inFile, onStderr, want)
+		}
 	}
 }

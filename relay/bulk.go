@@ -1,0 +1,69 @@
+package relay
+
+import (
+	"sync"
+	"time"
+)
+
+// bulkTracker tells an interactive submission from a bulk one. A person at
+// a keyboard sends one message now and then and is owed the upstream's
+// verdict (the sync window); a script, a scanner burst or a queue flush
+// sends message after message, and waiting for iCloud's round trips on
+// each would make it pay them all in a row. The rule: a message is bulk
+// when the same client address had another message in flight when this
+// one began, or finished one less than gap before; it is then answered as
+// soon as it is on disk, and a refusal goes to the failed area and the
+// failure notice, as after a sync window that runs out.
+type bulkTracker struct {
+	gap time.Duration // 0: no message is bulk
+
+	mu     sync.Mutex
+	recent map[string]*clientRun
+}
+
+type clientRun struct {
+	inFlight int
+	last     time.Time // when its last message was answered
+}
+
+// maxTracked bounds the map: past it, clients idle for longer than gap
+// are forgotten.
+const maxTracked = 4096
+
+func newBulkTracker(gap time.Duration) *bulkTracker {
+	return &bulkTracker{gap: gap, recent: map[string]*clientRun{}}
+}
+
+// begin records that client starts a message and says whether it is bulk;
+// the caller calls done when the client has its answer.
+func (b *bulkTracker) begin(client string, now time.Time) (bulk bool, done func()) {
+	if b.gap <= 0 {
+		return false, func() {}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.recent[client]
+	if r == nil {
+		if len(b.recent) >= maxTracked {
+			b.forget(now)
+		}
+		r = &clientRun{}
+		b.recent[client] = r
+	}
+	bulk = r.inFlight > 0 || (!r.last.IsZero() && now.Sub(r.last) < b.gap)
+	r.inFlight++
+	return bulk, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		r.inFlight--
+		r.last = time.Now()
+	}
+}
+
+func (b *bulkTracker) forget(now time.Time) {
+	for c, r := range b.recent {
+		if r.inFlight == 0 && now.Sub(r.last) >= b.gap {
+			delete(b.recent, c)
+		}
+	}
+}
