@@ -14,12 +14,13 @@ import (
 // The default tells a person from a script: a lone message waits for
 // iCloud's verdict, so a refusal reaches the one who sent it; a message
 // sent right after another (bulk_gap, 1 s) is answered as soon as it is on
-// disk, and its refusal goes to the failed area and the notice. After a
-// pause, the next message is a lone one again.
+// disk (iCloud being slower than that), and its refusal goes to the failed
+// area and the notice. After a pause, the next message is a lone one again.
 func TestABurstIsAnsweredOnDiskALoneMessageWaits(t *testing.T) {
 	e := newEnv(t, "notify_failures = true\nbulk_gap = \"1s\"\n")
 	refused := &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}
-	e.standin.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"nobody@example.com": refused}})
+	// iCloud across a network: slower to answer than a commit to disk.
+	e.standin.SetFaults(upstreamtest.Faults{Rcpt: map[string]*smtp.SMTPError{"nobody@example.com": refused}, Delay: 50 * time.Millisecond})
 	_, err := send(e.addr(), "demo@icloud.com", []string{"nobody@example.com"}, message("lone", "x\r\n"))
 	if err == nil || !strings.Contains(err.Error(), "550") {
 		t.Fatalf("a lone message: %v, want iCloud's 550", err)

@@ -12,8 +12,10 @@ import (
 // each would make it pay them all in a row. The rule: a message is bulk
 // when the same client address had another message in flight when this
 // one began, or finished one less than gap before; it is then answered as
-// soon as it is on disk, and a refusal goes to the failed area and the
-// failure notice, as after a sync window that runs out.
+// soon as it is on disk or the upstream has it, whichever comes first: its
+// sync window is bulkWindow, about what committing it to disk costs. A
+// refusal after that goes to the failed area and the failure notice, as
+// after any sync window that runs out.
 type bulkTracker struct {
 	gap time.Duration // 0: no message is bulk
 
@@ -25,6 +27,12 @@ type clientRun struct {
 	inFlight int
 	last     time.Time // when its last message was answered
 }
+
+// bulkWindow is a bulk message's sync window: about the time its commit
+// (three fsyncs) takes on an SSD. An upstream on the same network answers
+// within it, and the message needs no fsync at all; iCloud across the
+// internet does not, and the client is answered once the message is on disk.
+const bulkWindow = 5 * time.Millisecond
 
 // maxTracked bounds the map: past it, clients idle for longer than gap
 // are forgotten.

@@ -297,8 +297,14 @@ func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	// With a sync window an interactive client waits for the first
 	// attempt, and the message stays staged: committed to disk only when
 	// the upstream does not take it at once (see queue.Stage). A bulk one
-	// is answered once the message is on disk.
-	if err == nil && (s.cfg.SyncWindow <= 0 || bulk) {
+	// waits only as long as committing it would take (bulkWindow): an
+	// upstream that fast spares the fsyncs; a slower one does not hold the
+	// client up.
+	window := s.cfg.SyncWindow
+	if bulk {
+		window = min(window, bulkWindow)
+	}
+	if err == nil && window <= 0 {
 		err, st = s.in.q.Commit(st, m), nil
 	}
 	if err != nil {
@@ -311,7 +317,7 @@ func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	// The session owns the staged message until it settles it: at the
 	// first attempt's end, or when the window runs out.
 	if tried != nil {
-		t := time.NewTimer(s.cfg.SyncWindow)
+		t := time.NewTimer(window)
 		defer t.Stop()
 		select {
 		case <-tried:
