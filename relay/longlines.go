@@ -198,7 +198,7 @@ func (h *header) index(name string) int {
 func (h *header) get(name string) string {
 	if i := h.index(name); i >= 0 {
 		_, v, _ := strings.Cut(string(h.fields[i]), ":")
-		return strings.TrimSpace(strings.NewReplacer("\r\n", "", "\n", "").Replace(v))
+		return strings.TrimSpace(unfold.Replace(v))
 	}
 	return ""
 }

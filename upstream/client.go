@@ -748,7 +748,11 @@ func (s *session) chunk(t *txn) []byte {
 	body, err := t.m.content()
 	var raw []byte
 	if err == nil {
-		raw, err = io.ReadAll(io.LimitReader(body, maxChunk+1))
+		// Sized from the start (the size is known): no regrowing copies.
+		var b bytes.Buffer
+		b.Grow(int(min(max(t.m.Size, 0), maxChunk)) + bytes.MinRead)
+		_, err = b.ReadFrom(io.LimitReader(body, maxChunk+1))
+		raw = b.Bytes()
 	}
 	if err == nil && len(raw) > maxChunk {
 		err = fmt.Errorf("the message is larger than its size said (%d bytes)", t.m.Size)

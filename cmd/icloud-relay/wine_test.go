@@ -74,6 +74,13 @@ func newWine(t *testing.T) *wine {
 	if err := server.Start(); err != nil {
 		t.Fatalf("wineserver: %v", err)
 	}
+	// Before the prefix is removed (cleanups run last first): wineserver -k
+	// finds the server by the prefix, and a persistent one left behind
+	// would live on after the test.
+	t.Cleanup(func() {
+		w.run(wineserver, "-k")
+		server.Process.Kill()
+	})
 	go server.Wait()
 	dll := filepath.Join(w.prefix, "drive_c", "windows", "system32", "bcryptprimitives.dll")
 	if out, err := exec.Command(gcc, "-O2", "-shared", "-o", dll, "testdata/wine/processprng.c", "testdata/wine/bcryptprimitives.def", "-ladvapi32").CombinedOutput(); err != nil {
