@@ -1,5 +1,6 @@
 // Package bench measures the relay against direct delivery, side by side in
-// one run, against the in-process stand-in upstream with TLS and AUTH:
+// one run, against the in-process stand-in upstream with TLS and AUTH (or an
+// upstream of the user's, Options.Upstream):
 //
 //   - direct: each client talks to the upstream itself, STARTTLS + AUTH, a
 //     new connection per message (what a mail client does without the relay);
@@ -19,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -46,7 +49,21 @@ type Options struct {
 	BigMessage  bool          // also measure RSS with one 20 MiB message
 	RSA         bool          // the stand-in serves an RSA 2048 certificate
 	Latency     time.Duration // the stand-in's replies arrive this much later (a network's round trip)
-	Out         io.Writer
+	// Upstream, when set, is the server both modes send to instead of the
+	// in-process stand-in (another stand-in, a test server of your own).
+	Upstream *External
+	Out      io.Writer
+}
+
+// External is an upstream of the user's: its host, ports, the CA that
+// signed its certificate ("" for the system's roots), the account, and the
+// recipient of the test messages.
+type External struct {
+	Host                  string
+	StartTLSPort, TLSPort int
+	CAFile                string
+	Username, Password    string
+	To                    string
 }
 
 // Result is one mode at one concurrency.
@@ -60,11 +77,13 @@ type Result struct {
 	EndToEnd    time.Duration // until the upstream had them all
 	Logins      int
 	CPU         time.Duration // CPU time of the whole run: clients, stand-in and relay
+	RelayCPU    time.Duration // the relay process's own CPU time (relay mode)
 }
 
 // Report is the whole run.
 type Report struct {
 	Latency   time.Duration // added to the stand-in's replies
+	External  bool          // against an upstream of the user's, not the stand-in
 	Results   []Result
 	IdleRSS   int64 // bytes, 0 where unknown
 	BigGrowth int64 // peak RSS growth while relaying one 20 MiB message
@@ -73,28 +92,25 @@ type Report struct {
 
 // Run runs the benchmark and prints it.
 func Run(ctx context.Context, o Options) (*Report, error) {
-	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 40 << 20, RSA: o.RSA, Latency: o.Latency})
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
 	dir, err := os.MkdirTemp("", "icloud-relay-bench-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	ca, err := s.WriteCA(dir)
+	up, err := upstreamFor(o, dir)
 	if err != nil {
 		return nil, err
 	}
-	relay, err := startRelay(ctx, o, s, dir, ca)
+	defer up.close()
+	relay, err := startRelay(ctx, o, up.toml, dir)
 	if err != nil {
 		return nil, err
 	}
 	defer relay.stop()
-	rep := &Report{Latency: o.Latency}
+	rep := &Report{Latency: o.Latency, External: o.Upstream != nil}
 	time.Sleep(time.Second) // let the relay settle before reading its idle size
 	rep.IdleRSS = rssOf(relay.cmd.Process.Pid, "VmRSS")
+	relayed := relay.view(up)
 
 	// The big message goes first, while the relay's high-water mark is
 	// still its start-up size: measured later, the throughput runs' peak
@@ -102,28 +118,28 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.BigMessage {
 		// A small message first: the growth measured is the big message's
 		// own, not that of the first upstream connection.
-		n := len(s.Messages())
-		if err := sendPlain(relay.addr, s.Username(), message(1024)); err != nil {
+		n := relayed.count()
+		if err := sendPlain(relay.addr, up.from, up.to, message(1024)); err != nil {
 			return nil, fmt.Errorf("warm-up message: %w", err)
 		}
-		s.WaitMessages(n+1, time.Minute)
+		relayed.wait(n + 1)
 		before := rssOf(relay.cmd.Process.Pid, "VmHWM")
-		n = len(s.Messages())
-		if err := sendPlain(relay.addr, s.Username(), message(20<<20-16<<10)); err != nil {
+		n = relayed.count()
+		if err := sendPlain(relay.addr, up.from, up.to, message(20<<20-16<<10)); err != nil {
 			return nil, fmt.Errorf("20 MiB message: %w", err)
 		}
-		s.WaitMessages(n+1, time.Minute)
+		relayed.wait(n + 1)
 		if before > 0 {
 			rep.BigGrowth = max(rssOf(relay.cmd.Process.Pid, "VmHWM")-before, 0)
 			rep.BigDone = true
 		}
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(s.CA.PEM)
 	body := message(o.MessageSize)
-	direct := func() error { return sendDirect(s, pool, body) }
-	viaRelay := func() error { return sendPlain(relay.addr, s.Username(), body) }
-	cpu := func() time.Duration { return cpuOf("self") + cpuOf(strconv.Itoa(relay.cmd.Process.Pid)) }
+	direct := func() error { return up.sendDirect(body) }
+	viaRelay := func() error { return sendPlain(relay.addr, up.from, up.to, body) }
+	relayPID := strconv.Itoa(relay.cmd.Process.Pid)
+	cpu := func() time.Duration { return cpuOf("self") + cpuOf(relayPID) }
+	relayCPU := func() time.Duration { return cpuOf(relayPID) }
 	rounds := max(o.Rounds, 1)
 	for _, c := range o.Concurrency {
 		// The modes take turns in rounds (direct, relay, relay, direct, ...)
@@ -132,11 +148,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		per := max(o.Messages/rounds, 1)
 		for i := 0; i < rounds; i++ {
 			if i%2 == 0 {
-				d.add(run(per, c, s, direct, cpu))
-				r.add(run(per, c, s, viaRelay, cpu))
+				d.add(run(per, c, up.direct, direct, cpu, nil))
+				r.add(run(per, c, relayed, viaRelay, cpu, relayCPU))
 			} else {
-				r.add(run(per, c, s, viaRelay, cpu))
-				d.add(run(per, c, s, direct, cpu))
+				r.add(run(per, c, relayed, viaRelay, cpu, relayCPU))
+				d.add(run(per, c, up.direct, direct, cpu, nil))
 			}
 		}
 		rep.Results = append(rep.Results, d.result("direct", c), r.result("relay", c))
@@ -145,12 +161,89 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return rep, nil
 }
 
+// view is how a run sees the upstream: how many messages it has taken, a
+// wait until it has taken total, and how many logins it has seen.
+type view struct {
+	count  func() int
+	wait   func(total int)
+	logins func() int
+}
+
+// upstream is what both modes send to: the in-process stand-in, or an
+// external server.
+type upstream struct {
+	toml     string // the relay's [upstream] section
+	from, to string
+	direct   view // as the direct mode sees it
+	standIn  *upstreamtest.Server
+	dial     func() (*smtp.Client, error)
+	user, pw string
+	close    func()
+	// sentCounter counts what direct clients delivered to an external
+	// upstream (nil with the stand-in, which counts for itself).
+	sentCounter *atomic.Int64
+}
+
+func upstreamFor(o Options, dir string) (*upstream, error) {
+	if e := o.Upstream; e != nil {
+		return external(e)
+	}
+	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 40 << 20, RSA: o.RSA, Latency: o.Latency})
+	if err != nil {
+		return nil, err
+	}
+	ca, err := s.WriteCA(dir)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(s.CA.PEM)
+	v := view{count: func() int { return len(s.Messages()) }, wait: func(n int) { s.WaitMessages(n, 2*time.Minute) }, logins: s.Logins}
+	return &upstream{toml: s.UpstreamTOML("", ca), from: s.Username(), to: "friend@example.com", direct: v, standIn: s,
+		dial: func() (*smtp.Client, error) {
+			return smtp.DialStartTLS(net.JoinHostPort(s.Host, strconv.Itoa(s.StartTLSPort)), &tls.Config{RootCAs: roots, ServerName: s.Host})
+		}, user: s.Username(), pw: s.Password(), close: func() { s.Close() }}, nil
+}
+
+// external is an upstream of the user's. What it has taken is known only
+// through the clients: a direct client's message is taken when its DATA
+// is answered (one login each); the relay's, from its /metrics.
+func external(e *External) (*upstream, error) {
+	var roots *x509.CertPool
+	if e.CAFile != "" {
+		pem, err := os.ReadFile(e.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s holds no PEM certificate", e.CAFile)
+		}
+	}
+	var sent atomic.Int64
+	v := view{count: func() int { return int(sent.Load()) }, wait: func(int) {}, logins: func() int { return int(sent.Load()) }}
+	toml := fmt.Sprintf("[upstream]\nhost = %q\nstarttls_port = %d\ntls_port = %d\nusername = %q\npassword = %q\n", e.Host, e.StartTLSPort, e.TLSPort, e.Username, e.Password)
+	if e.CAFile != "" {
+		toml += fmt.Sprintf("ca_file = %q\n", e.CAFile)
+	}
+	to := e.To
+	if to == "" {
+		to = e.Username
+	}
+	return &upstream{toml: toml, from: e.Username, to: to, direct: v,
+		dial: func() (*smtp.Client, error) {
+			return smtp.DialStartTLS(net.JoinHostPort(e.Host, strconv.Itoa(e.StartTLSPort)), &tls.Config{RootCAs: roots, ServerName: e.Host})
+		}, user: e.Username, pw: e.Password, close: func() {}, sentCounter: &sent}, nil
+}
+
 // sample is what rounds of one mode measured.
 type sample struct {
 	sent, refused, logins int
 	lat                   []time.Duration
 	client, endToEnd      time.Duration
 	cpu                   time.Duration // both processes, client and stand-in included
+	relayCPU              time.Duration // the relay's alone
 }
 
 func (a *sample) add(b sample) {
@@ -161,10 +254,11 @@ func (a *sample) add(b sample) {
 	a.client += b.client
 	a.endToEnd += b.endToEnd
 	a.cpu += b.cpu
+	a.relayCPU += b.relayCPU
 }
 
 func (a *sample) result(mode string, c int) Result {
-	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused, EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu}
+	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused, EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu, RelayCPU: a.relayCPU}
 	r.Rate = float64(a.sent-a.refused) / a.client.Seconds()
 	sort.Slice(a.lat, func(i, j int) bool { return a.lat[i] < a.lat[j] })
 	if len(a.lat) > 0 {
@@ -174,10 +268,14 @@ func (a *sample) result(mode string, c int) Result {
 }
 
 // run sends n messages from c concurrent clients and waits until the
-// stand-in has them.
-func run(n, c int, s *upstreamtest.Server, send func() error, cpu func() time.Duration) sample {
+// upstream has them; relayCPU, when set, is the relay's own CPU time.
+func run(n, c int, up view, send func() error, cpu, relayCPU func() time.Duration) sample {
 	cpu0, start := cpu(), time.Now()
-	base, logins := len(s.Messages()), s.Logins()
+	var rcpu0 time.Duration
+	if relayCPU != nil {
+		rcpu0 = relayCPU()
+	}
+	base, logins := up.count(), up.logins()
 	var mu sync.Mutex
 	out := sample{sent: n}
 	jobs := make(chan struct{}, n)
@@ -206,10 +304,13 @@ func run(n, c int, s *upstreamtest.Server, send func() error, cpu func() time.Du
 	}
 	wg.Wait()
 	out.client = time.Since(start)
-	s.WaitMessages(base+n-out.refused, 2*time.Minute)
+	up.wait(base + n - out.refused)
 	out.endToEnd = time.Since(start)
-	out.logins = s.Logins() - logins
+	out.logins = up.logins() - logins
 	out.cpu = cpu() - cpu0
+	if relayCPU != nil {
+		out.relayCPU = relayCPU() - rcpu0
+	}
 	return out
 }
 
@@ -223,47 +324,66 @@ func message(size int) string {
 	return b.String()
 }
 
-func sendDirect(s *upstreamtest.Server, roots *x509.CertPool, body string) error {
-	addr := net.JoinHostPort(s.Host, strconv.Itoa(s.StartTLSPort))
-	c, err := smtp.DialStartTLS(addr, &tls.Config{RootCAs: roots, ServerName: s.Host})
+// sendDirect sends body as a mail client does without the relay: its own
+// connection, STARTTLS and login.
+func (u *upstream) sendDirect(body string) error {
+	c, err := u.dial()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.Auth(sasl.NewPlainClient("", s.Username(), s.Password())); err != nil {
+	if err := c.Auth(sasl.NewPlainClient("", u.user, u.pw)); err != nil {
 		return err
 	}
-	return transact(c, s.Username(), body)
+	if err := transact(c, u.from, u.to, body); err != nil {
+		return err
+	}
+	if u.sentCounter != nil {
+		u.sentCounter.Add(1)
+	}
+	return nil
 }
 
-func sendPlain(addr, from, body string) error {
+func sendPlain(addr, from, to, body string) error {
 	c, err := smtp.Dial(addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	return transact(c, from, body)
+	return transact(c, from, to, body)
 }
 
-func transact(c *smtp.Client, from, body string) error {
-	if err := c.SendMail(from, []string{"friend@example.com"}, strings.NewReader(body)); err != nil {
+func transact(c *smtp.Client, from, to, body string) error {
+	if err := c.SendMail(from, []string{to}, strings.NewReader(body)); err != nil {
 		return err
 	}
 	return c.Quit()
 }
 
 type relayProc struct {
-	cmd  *exec.Cmd
-	addr string
+	cmd     *exec.Cmd
+	addr    string
+	metrics string // the relay's /metrics
 }
 
-func startRelay(ctx context.Context, o Options, s *upstreamtest.Server, dir, ca string) (*relayProc, error) {
+func freePort() (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func startRelay(ctx context.Context, o Options, upstreamTOML, dir string) (*relayProc, error) {
+	addr, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	page, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	cfg := fmt.Sprintf(`[listen]
 addr = %q
 %s[queue]
@@ -275,8 +395,8 @@ daily_limit = 0
 level = "warn"
 format = "json"
 [status]
-addr = "127.0.0.1:0"
-`, addr, s.UpstreamTOML("", ca), filepath.Join(dir, "queue"), o.SyncWindow)
+addr = %q
+`, addr, upstreamTOML, filepath.Join(dir, "queue"), o.SyncWindow, page)
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -290,12 +410,45 @@ addr = "127.0.0.1:0"
 	for time.Now().Before(deadline) {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
-			return &relayProc{cmd: cmd, addr: addr}, nil
+			return &relayProc{cmd: cmd, addr: addr, metrics: "http://" + page + "/metrics"}, nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	cmd.Process.Kill()
 	return nil, fmt.Errorf("the relay did not start listening on %s", addr)
+}
+
+// view is the upstream as the relay's messages reach it: the stand-in
+// counts them itself; for an external server the relay's own /metrics
+// say what it delivered and how often it logged in.
+func (r *relayProc) view(up *upstream) view {
+	if up.standIn != nil {
+		return up.direct
+	}
+	delivered := func() int { return int(r.metric("icloud_relay_messages_delivered_total")) }
+	return view{count: delivered, logins: func() int { return int(r.metric("icloud_relay_upstream_logins_total")) },
+		wait: func(total int) {
+			for deadline := time.Now().Add(2 * time.Minute); delivered() < total && time.Now().Before(deadline); {
+				time.Sleep(2 * time.Millisecond)
+			}
+		}}
+}
+
+// metric is one unlabelled value of the relay's /metrics (0 when absent).
+func (r *relayProc) metric(name string) float64 {
+	res, err := http.Get(r.metrics)
+	if err != nil {
+		return 0
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f
+		}
+	}
+	return 0
 }
 
 func (r *relayProc) stop() {
@@ -350,17 +503,24 @@ func cpuOf(pid string) time.Duration {
 
 func (rep *Report) print(w io.Writer) {
 	fmt.Fprintf(w, "%d CPUs, %s/%s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	if rep.External {
+		fmt.Fprint(w, "; against your upstream (end to end: until its DATA reply, for the relay until its /metrics count the message delivered)")
+	}
 	if rep.Latency > 0 {
 		fmt.Fprintf(w, "; the stand-in's replies arrive %s late (a network round trip)", rep.Latency)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%-7s %5s %6s %8s %9s %9s %10s %8s %13s %9s\n", "mode", "conc", "msgs", "msg/s", "p50", "p99", "end-to-end", "refused", "logins/1000", "cpu/msg")
+	fmt.Fprintf(w, "%-7s %5s %6s %8s %9s %9s %10s %8s %13s %9s %15s\n", "mode", "conc", "msgs", "msg/s", "p50", "p99", "end-to-end", "refused", "logins/1000", "cpu/msg", "relay cpu/msg")
 	byKey := map[string]Result{}
 	for _, r := range rep.Results {
 		byKey[fmt.Sprintf("%s/%d", r.Mode, r.Concurrency)] = r
-		fmt.Fprintf(w, "%-7s %5d %6d %8.1f %9s %9s %10s %8d %13.0f %9s\n", r.Mode, r.Concurrency, r.Messages, r.Rate,
+		relayCPU := "-"
+		if r.Mode == "relay" {
+			relayCPU = (r.RelayCPU / time.Duration(max(r.Messages, 1))).Round(time.Microsecond).String()
+		}
+		fmt.Fprintf(w, "%-7s %5d %6d %8.1f %9s %9s %10s %8d %13.0f %9s %15s\n", r.Mode, r.Concurrency, r.Messages, r.Rate,
 			r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.EndToEnd.Round(time.Millisecond), r.Refused,
-			float64(r.Logins)*1000/float64(max(r.Messages, 1)), (r.CPU / time.Duration(max(r.Messages, 1))).Round(time.Microsecond))
+			float64(r.Logins)*1000/float64(max(r.Messages, 1)), (r.CPU / time.Duration(max(r.Messages, 1))).Round(time.Microsecond), relayCPU)
 	}
 	fmt.Fprintln(w, "\nrelay / direct:")
 	for _, r := range rep.Results {

@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -54,41 +53,75 @@ func BenchmarkDelivery(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/icloud-relay").CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
-	s, err := upstreamtest.Start(upstreamtest.Options{MaxSize: 40 << 20})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
 	dir := b.TempDir()
-	ca, err := s.WriteCA(dir)
+	up, err := upstreamFor(Options{}, dir)
 	if err != nil {
 		b.Fatal(err)
 	}
-	relay, err := startRelay(context.Background(), Options{Binary: bin, SyncWindow: "10s"}, s, dir, ca)
+	defer up.close()
+	relay, err := startRelay(context.Background(), Options{Binary: bin, SyncWindow: "10s"}, up.toml, dir)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer relay.stop()
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(s.CA.PEM)
 	body := message(4096)
 	modes := []struct {
 		name string
 		send func() error
 	}{
-		{"direct", func() error { return sendDirect(s, roots, body) }},
-		{"relay", func() error { return sendPlain(relay.addr, s.Username(), body) }},
+		{"direct", func() error { return up.sendDirect(body) }},
+		{"relay", func() error { return sendPlain(relay.addr, up.from, up.to, body) }},
 	}
 	for _, c := range []int{1, 8, 32} {
 		for _, m := range modes {
 			b.Run(fmt.Sprintf("%s/c=%d", m.name, c), func(b *testing.B) {
-				smp := run(b.N, c, s, m.send, func() time.Duration { return 0 })
+				smp := run(b.N, c, up.direct, m.send, func() time.Duration { return 0 }, nil)
 				r := smp.result(m.name, c)
 				b.ReportMetric(float64(r.P50.Microseconds()), "p50-µs")
 				if r.Refused > 0 {
 					b.Fatalf("%d messages refused", r.Refused)
 				}
 			})
+		}
+	}
+}
+
+// The bench can measure against an upstream of the user's (--upstream): here
+// a stand-in started apart from it, as the independent one would be; what
+// the relay delivered is read from its /metrics.
+func TestBenchmarkAgainstAnExternalUpstream(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "icloud-relay")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/icloud-relay").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	s, err := upstreamtest.Start(upstreamtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ca, err := s.WriteCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	rep, err := Run(context.Background(), Options{Binary: bin, Concurrency: []int{2}, Messages: 20, MessageSize: 2048, SyncWindow: "10s", Out: &out,
+		Upstream: &External{Host: s.Host, StartTLSPort: s.StartTLSPort, TLSPort: s.TLSPort, CAFile: ca, Username: s.Username(), Password: s.Password(), To: "friend@example.com"}})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	t.Log("\n" + out.String())
+	if got := len(s.Messages()); got != 40 {
+		t.Fatalf("the external upstream has %d messages, want 20 direct + 20 relayed", got)
+	}
+	for _, r := range rep.Results {
+		if r.Refused != 0 || r.EndToEnd <= 0 || r.Messages != 20 {
+			t.Fatalf("%s: %+v", r.Mode, r)
+		}
+		if r.Mode == "relay" && (r.Logins < 1 || r.Logins > 2) {
+			t.Fatalf("relay: %d logins (from its /metrics), want 1 or 2", r.Logins)
+		}
+		if r.Mode == "direct" && r.Logins != 20 {
+			t.Fatalf("direct: %d logins, want one a message", r.Logins)
 		}
 	}
 }

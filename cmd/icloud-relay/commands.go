@@ -314,12 +314,34 @@ func benchCmd(args []string) int {
 	big := fs.Bool("big", true, "also relay one 20 MiB message and report the RSS growth")
 	useRSA := fs.Bool("rsa", false, "the stand-in serves an RSA 2048 certificate (default ECDSA P-256)")
 	latency := fs.Duration("latency", 0, "round-trip time added to the stand-in's replies, as across a network (e.g. 10ms)")
+	var ext bench.External
+	fs.StringVar(&ext.Host, "upstream", "", "measure against this upstream `host` instead of the in-process stand-in (a test server of yours: both modes send it real messages)")
+	fs.IntVar(&ext.StartTLSPort, "starttls-port", 587, "with --upstream: its STARTTLS port")
+	fs.IntVar(&ext.TLSPort, "tls-port", 465, "with --upstream: its implicit-TLS port")
+	fs.StringVar(&ext.CAFile, "ca-file", "", "with --upstream: the CA certificate (PEM) of its certificate; default the system's roots")
+	fs.StringVar(&ext.Username, "username", "", "with --upstream: the account to log in as (and the sender)")
+	pwEnv := fs.String("password-env", "", "with --upstream: the environment `variable` holding the account's password")
+	fs.StringVar(&ext.To, "to", "", "with --upstream: the recipient of the test messages (default the account itself)")
 	fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "Usage: icloud-relay bench [flags]\n\nRuns this binary as a relay and compares it with direct delivery (STARTTLS+AUTH per\nmessage) against an in-process stand-in upstream, on loopback only.")
+		fmt.Fprintln(os.Stderr, "Usage: icloud-relay bench [flags]\n\nRuns this binary as a relay and compares it with direct delivery (STARTTLS+AUTH per\nmessage) against an in-process stand-in upstream on loopback, or with --upstream one of yours.")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
+	}
+	var upstream *bench.External
+	if ext.Host != "" {
+		if ext.Username == "" || *pwEnv == "" || os.Getenv(*pwEnv) == "" {
+			fmt.Fprintln(os.Stderr, "icloud-relay bench: --upstream needs --username and --password-env naming a set variable (a password is never given on the command line)")
+			return exitUsage
+		}
+		if *latency > 0 || *useRSA {
+			fmt.Fprintln(os.Stderr, "icloud-relay bench: --latency and --rsa change the in-process stand-in; they do not apply to --upstream")
+			return exitUsage
+		}
+		ext.Password = os.Getenv(*pwEnv)
+		upstream = &ext
+		*big = false // 20 MiB through a server of yours is not asked for
 	}
 	var levels []int
 	for _, f := range strings.Split(*conc, ",") {
@@ -338,7 +360,7 @@ func benchCmd(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, Rounds: *rounds, MessageSize: *size,
-		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Latency: *latency, Out: os.Stdout}); err != nil {
+		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Latency: *latency, Upstream: upstream, Out: os.Stdout}); err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
 	}
