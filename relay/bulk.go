@@ -15,7 +15,9 @@ import (
 // soon as it is on disk or the upstream has it, whichever comes first: its
 // sync window is bulkWindow, about what committing it to disk costs. A
 // refusal after that goes to the failed area and the failure notice, as
-// after any sync window that runs out.
+// after any sync window that runs out. Where deliveries take less than
+// bulkWindow (an upstream on this machine or network), waiting costs a bulk
+// client nothing and it keeps the whole sync window.
 type bulkTracker struct {
 	gap time.Duration // 0: no message is bulk
 
@@ -74,4 +76,25 @@ func (b *bulkTracker) forget(now time.Time) {
 			delete(b.recent, c)
 		}
 	}
+}
+
+// timed adds one delivery's duration to the moving average.
+func (s *Scheduler) timed(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.took == 0 {
+		s.took = d
+		return
+	}
+	s.took += (d - s.took) / 8
+}
+
+// FastUpstream says whether deliveries lately took less than bulkWindow:
+// an upstream on this machine or its network, which a bulk client may
+// wait for at no cost (its messages then need no fsync, and a refusal
+// reaches it). Unknown (nothing delivered yet) is not fast.
+func (s *Scheduler) FastUpstream() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.took > 0 && s.took < bulkWindow
 }

@@ -79,6 +79,9 @@ type Scheduler struct {
 	failing, lastErrAt, lastDelivery time.Time
 	lastErr                          *upstream.Error
 	counts                           Counts
+	// took is a moving average of how long a delivery takes from the
+	// start of its attempt (bulk.go asks whether the upstream is fast).
+	took time.Duration
 }
 
 type item struct {
@@ -540,6 +543,7 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 			}
 			logging.Delivered(s.log, m, port, took)
 			s.attempted(nil)
+			s.timed(took)
 			s.counted(func(c *Counts) { c.Delivered++ })
 			s.release(it, true, Outcome{Delivered: true})
 			return

@@ -297,11 +297,10 @@ func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	// With a sync window an interactive client waits for the first
 	// attempt, and the message stays staged: committed to disk only when
 	// the upstream does not take it at once (see queue.Stage). A bulk one
-	// waits only as long as committing it would take (bulkWindow): an
-	// upstream that fast spares the fsyncs; a slower one does not hold the
-	// client up.
+	// waits only as long as committing it would take (bulkWindow), unless
+	// the upstream delivers faster than that anyway (bulk.go).
 	window := s.cfg.SyncWindow
-	if bulk {
+	if bulk && !s.sched.FastUpstream() {
 		window = min(window, bulkWindow)
 	}
 	if err == nil && window <= 0 {
