@@ -296,14 +296,26 @@ func (c *Client) SendBatch(ctx context.Context, msgs []*Message) []Delivery {
 // session returns a logged-in session: an idle one (reset if its last
 // transaction failed) or a new one.
 func (c *Client) session(ctx context.Context) (s *session, reused bool, err error) {
-	for s := c.take(ctx); s != nil; s = c.take(ctx) {
-		// RSET only after a failed transaction: a completed one leaves the
-		// server ready, and a round trip per message is not free.
-		if s.dirty && s.cmd(250, "RSET") != nil {
-			s.close() // closed by the server while idle: try another
-			continue
+	for {
+		for s := c.take(ctx); s != nil; s = c.take(ctx) {
+			// RSET only after a failed transaction: a completed one leaves the
+			// server ready, and a round trip per message is not free.
+			if s.dirty && s.cmd(250, "RSET") != nil {
+				s.close() // closed by the server while idle: try another
+				continue
+			}
+			return s, true, nil
 		}
-		return s, true, nil
+		// A spare being logged in is nearer than a login of our own.
+		done := c.warmingDone()
+		if done == nil {
+			break
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, false, Classify(StageConnect, 0, ctx.Err())
+		}
 	}
 	s, err = c.connect(ctx, true)
 	return s, false, err
@@ -313,6 +325,10 @@ func (c *Client) session(ctx context.Context) (s *session, reused bool, err erro
 func (c *Client) release(s *session, n int) {
 	s.stop() // unbind from this attempt's context before pooling
 	s.sent += n
+	if limit := c.cfg.MaxMessagesPerConnection; limit > 0 && c.cfg.IdleTimeout > 0 && s.broken == nil && !s.spared && s.sent >= limit-spareAhead(limit) {
+		s.spared = true
+		go c.warm()
+	}
 	if s.broken == nil {
 		c.put(s)
 	} else {
@@ -405,6 +421,7 @@ type session struct {
 	dirty     bool        // the last transaction failed: RSET before reuse
 	broken    error       // why the connection cannot carry more, if so
 	sent      int         // messages sent on this connection
+	spared    bool        // a spare is being or was logged in to follow it (warm)
 	idleTimer *time.Timer // closes the session when it idles too long in the pool
 }
 

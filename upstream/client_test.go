@@ -503,3 +503,33 @@ func TestTLSBelow12IsRefusedWithoutLoggingIn(t *testing.T) {
 		t.Fatalf("got %v, %d AUTH attempts", err, s.AuthAttempts())
 	}
 }
+
+// A session near its message limit gets a spare logged in beside it, so
+// the message after its last does not wait for a fresh login (six round
+// trips to iCloud, the tail of the latency); the spare is used, not
+// another login.
+func TestASpareIsLoggedInBeforeTheLimit(t *testing.T) {
+	s := standin(t)
+	c := client(t, s, func(cfg *upstream.Config) {
+		cfg.MaxIdle, cfg.IdleTimeout, cfg.MaxMessagesPerConnection = 2, time.Minute, 4
+	})
+	defer c.CloseIdle()
+	for i := 0; i < 3; i++ {
+		if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); s.Logins() < 2 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	}
+	if n := s.Logins(); n != 2 {
+		t.Fatalf("after 3 of 4 messages: %d logins, want the spare's too", n)
+	}
+	for i := 0; i < 2; i++ { // the 4th on the first session, the 5th on the spare
+		if _, err := c.Send(context.Background(), msg(s.Username())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := s.Logins(); n != 2 {
+		t.Fatalf("after 5 messages: %d logins, want 2 (the spare carries the 5th)", n)
+	}
+}
