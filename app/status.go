@@ -16,12 +16,16 @@ import (
 	"github.com/icloud-relay/icloud-relay/status"
 )
 
-// Report is the relay's state in words: what the status page, "status"
-// and /metrics show.
-func (a *App) Report() status.Report {
+// Report is the relay's state in words, with the queued and failed
+// messages: what the status page shows.
+func (a *App) Report() status.Report { return a.report(a.sched.Health(), false) }
+
+// report builds the report from h; summary leaves the message lists out
+// ("status" and /metrics need only their counts).
+func (a *App) report(h relay.Health, summary bool) status.Report {
 	u := a.cfg.Upstream
-	r := status.Build(status.Input{Version: buildinfo.Get().Short(), Health: a.sched.Health(), Port: a.up.Preferred(),
-		Ports: [2]int{u.StartTLSPort, u.TLSPort}, Fallback: a.up.PortMemory().Since, Queue: a.q, Now: time.Now()})
+	r := status.Build(status.Input{Version: buildinfo.Get().Short(), Health: h, Port: a.up.Preferred(),
+		Ports: [2]int{u.StartTLSPort, u.TLSPort}, Fallback: a.up.PortMemory().Since, Queue: a.q, Now: time.Now(), Summary: summary})
 	if a.page != nil {
 		r.URL = a.page.URL()
 	}
@@ -65,7 +69,8 @@ type source struct{ a *App }
 func (s source) Report() status.Report { return s.a.Report() }
 
 func (s source) Metrics() status.Sample {
-	return status.Sample{Health: s.a.sched.Health(), Upstream: s.a.up.Stats(), Report: s.a.Report()}
+	h := s.a.sched.Health()
+	return status.Sample{Health: h, Upstream: s.a.up.Stats(), Report: s.a.report(h, true)}
 }
 
 func (s source) Events() []json.RawMessage {
@@ -112,8 +117,6 @@ type controlOps struct {
 }
 
 func (c controlOps) Status() json.RawMessage {
-	r := c.a.Report()
-	r.Queue, r.FailedItems = nil, nil // the counts stay; the lists are the page's
-	b, _ := json.Marshal(r)
+	b, _ := json.Marshal(c.a.report(c.a.sched.Health(), true)) // the lists are the page's
 	return b
 }

@@ -100,6 +100,9 @@ type Input struct {
 	Fallback time.Time // when the client fell back to the TLS port (zero: it did not)
 	Queue    *queue.Queue
 	Now      time.Time
+	// Summary leaves the message lists out (their counts stay): what
+	// "status" and /metrics need, without reading every message's header.
+	Summary bool
 }
 
 // Build makes the report.
@@ -117,7 +120,7 @@ func Build(in Input) Report {
 	}
 	r.banner(h, in.Now)
 	if in.Queue != nil {
-		r.lists(in.Queue, h, in.Now)
+		r.lists(in.Queue, h, in.Now, !in.Summary)
 	}
 	return r
 }
@@ -163,12 +166,15 @@ func (r *Report) banner(h relay.Health, now time.Time) {
 	}
 }
 
-func (r *Report) lists(q *queue.Queue, h relay.Health, now time.Time) {
+func (r *Report) lists(q *queue.Queue, h relay.Health, now time.Time, items bool) {
 	active, _ := q.Active()
 	failed, _ := q.Failed()
 	r.Queued, r.FailedCount = len(active), len(failed)
 	if len(active) > 0 {
 		r.OldestSeconds = int64(now.Sub(active[0].Received).Seconds())
+	}
+	if !items {
+		return
 	}
 	r.Queue, r.FailedItems = []Item{}, []Item{}
 	for i, m := range active {
