@@ -2,11 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
+	"time"
 
 	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/status"
@@ -31,16 +36,22 @@ func openCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "icloud-relay open: the status page is off ([status] addr = \"\" in %s)\n", cfg.Path)
 		return exitFailure
 	}
-	q, err := control.Open(cfg.Queue.Dir)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "icloud-relay open: %v\n", err)
-		return exitFailure
-	}
-	raw, err := q.Status()
-	q.Close()
 	var r status.Report
+	q, err := control.Open(cfg.Queue.Dir)
 	if err == nil {
-		err = json.Unmarshal(raw, &r)
+		var raw json.RawMessage
+		raw, err = q.Status()
+		q.Close()
+		if err == nil {
+			err = json.Unmarshal(raw, &r)
+		}
+	}
+	if err != nil && !errors.Is(err, control.ErrNotRunning) {
+		// The queue is another user's (a system service): its page, which
+		// any local user may open, says the same.
+		if pr, perr := pageReport(cfg.Status.Addr); perr == nil {
+			r, err = *pr, nil
+		}
 	}
 	switch {
 	case err != nil:
@@ -56,6 +67,29 @@ func openCmd(args []string) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// pageReport asks the status page at addr (a fixed port) for the relay's
+// report: for a user who cannot read the queue of a relay that runs as
+// another account.
+func pageReport(addr string) (*status.Report, error) {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "0" {
+		return nil, fmt.Errorf("no fixed status page address (%q)", addr)
+	}
+	c := http.Client{Timeout: 3 * time.Second}
+	res, err := c.Get("http://" + addr + "/api/status")
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("the status page answered %s", res.Status)
+	}
+	var r status.Report
+	if err := json.NewDecoder(io.LimitReader(res.Body, 8<<20)).Decode(&r); err != nil {
+		return nil, fmt.Errorf("the status page's report: %w", err)
+	}
+	return &r, nil
 }
 
 // browse opens url in the desktop's default browser.

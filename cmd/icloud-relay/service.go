@@ -175,6 +175,12 @@ func statusCmd(def service.Definition, asJSON bool) int {
 		out.Problem = err.Error()
 	} else if q, err := control.Open(cfg.Queue.Dir); err != nil {
 		out.Problem = err.Error()
+		// The queue is another user's (a system service): its page, which
+		// any local user may read, has the same report.
+		if r, perr := pageReport(cfg.Status.Addr); perr == nil {
+			out.Running, out.Report, out.Problem = true, r, ""
+			out.Queued, out.Failed = r.Queued, r.FailedCount
+		}
 	} else {
 		out.QueueDir = cfg.Queue.Dir
 		raw, err := q.Status()

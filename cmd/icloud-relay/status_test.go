@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -285,5 +286,35 @@ func TestMetricsMoveAndStatusSaysTheSame(t *testing.T) {
 	}
 	if code != 1 {
 		t.Errorf("status exit %d while mail cannot flow, want 1", code)
+	}
+}
+
+// A user who cannot read the queue of a relay that runs as another account
+// (the .deb's service) still gets "status" and "open": from the page, which
+// any local user may read. Here the control endpoint is taken away, as a
+// queue directory of another user's would hide it.
+func TestStatusWorksForAUserWhoCannotReadTheQueue(t *testing.T) {
+	s := standIn(t, upstreamtest.Options{})
+	dir := t.TempDir()
+	page := freeAddr(t)
+	cfg := writeConfigAt(t, s, dir, s.Password(), freeAddr(t), "[status]\naddr = \""+page+"\"\n")
+	p := startProc(t, "run", "--config", cfg)
+	p.waitLog(t, logging.EvStatusPage)
+	if err := os.Remove(filepath.Join(dir, "queue", "control.json")); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command(binary, "status", "--json", "--config", cfg).Output()
+	var st struct {
+		Running bool
+		OK      bool
+		URL     string
+		Problem string
+	}
+	if err := json.Unmarshal(out, &st); err != nil || !st.Running || !st.OK || st.URL != "http://"+page+"/" || st.Problem != "" {
+		t.Fatalf("status --json without the control endpoint: %v\n%s", err, out)
+	}
+	code, text := runCLI(t, "open", "--config", cfg)
+	if !strings.HasPrefix(text, "http://"+page+"/\n") {
+		t.Fatalf("open: exit %d\n%s", code, text)
 	}
 }
