@@ -96,16 +96,6 @@ func (p *Program) newApp(cfg *config.Config, log zerolog.Logger) (*App, error) {
 	return a, err
 }
 
-// StatusURL is the running relay's status page ("" when there is none).
-func (p *Program) StatusURL() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cur == nil {
-		return ""
-	}
-	return p.cur.StatusURL()
-}
-
 // Stop stops the relay gracefully within ctx.
 func (p *Program) Stop(ctx context.Context) error {
 	p.mu.Lock()

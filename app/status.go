@@ -32,15 +32,6 @@ func (a *App) report(h relay.Health, summary bool) status.Report {
 	return r
 }
 
-// StatusURL is the status page's address ("" when it is off or could not
-// listen).
-func (a *App) StatusURL() string {
-	if a.page == nil {
-		return ""
-	}
-	return a.page.URL()
-}
-
 // startPage opens the status page. A page that cannot listen is logged and
 // left out: mail matters more than the page.
 func (a *App) startPage() {
