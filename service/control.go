@@ -13,8 +13,8 @@ import (
 )
 
 // Account is the unprivileged system account of the system service on
-// Linux: the .deb and .rpm packages create it, and install uses it when it
-// exists.
+// Linux and macOS: the .deb and .rpm packages create it, and install uses
+// it when it exists. On Windows it is VirtualAccount.
 const Account = private.ServiceAccount
 
 // Actions the service manager can be asked for.
@@ -37,8 +37,9 @@ type Definition struct {
 	// LogFile is the relay's log; launchd keeps its standard error beside.
 	LogFile string
 	// Account is the unprivileged system account a system service runs as
-	// (Linux, macOS: a user and group of that name, which own the queue and
-	// logs); empty: the service manager's default (root, LocalSystem).
+	// (Linux, macOS: a user and group of that name; Windows: the virtual
+	// account NT SERVICE\icloud-relay), which owns the queue and logs;
+	// empty: the service manager's default (root).
 	Account string
 }
 
@@ -130,11 +131,29 @@ func Control(action string, d Definition) error {
 		if _, err := os.Stat(c.Arguments[2]); err != nil {
 			return fmt.Errorf("no config at %s: write one first (icloud-relay setup does it)", c.Arguments[2])
 		}
+		if err := prepareInstall(s, d, c); err != nil {
+			return classify(err)
+		}
 	}
 	if err := kservice.Control(s, action); err != nil {
 		return classify(err)
 	}
+	if action == "uninstall" {
+		afterUninstall(d)
+	}
 	return nil
+}
+
+// Executable is the binary the service d runs once installed: this one,
+// or on Windows for a system service its copy under Program Files when
+// this one lies where users may change it.
+func Executable(d Definition) (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	exe, _ = filepath.EvalSymlinks(exe)
+	return serviceExecutable(d, exe)
 }
 
 // Status says whether the service is running, stopped or not installed.

@@ -1,7 +1,10 @@
-//go:build !linux && !darwin
+//go:build !linux && !darwin && !windows
 
 package main
 
-// serviceAccount is the account a system service runs as: on Windows the
-// service manager's default, LocalSystem, for now.
+// serviceAccount is the account a system service runs as: the service
+// manager's default.
 func serviceAccount(user bool) string { return "" }
+
+// secretReaders says who may read the password a system service uses.
+const secretReaders = "root only"

@@ -10,7 +10,7 @@ import (
 
 // serviceAccount is the account a system service runs as: the unprivileged
 // service account when this machine has it (the .deb and .rpm make it on
-// Linux; on macOS an administrator may), else "" (root).
+// Linux, install on macOS), else "" (root).
 func serviceAccount(user bool) string {
 	if user {
 		return ""
@@ -20,3 +20,6 @@ func serviceAccount(user bool) string {
 	}
 	return service.Account
 }
+
+// secretReaders says who may read the password a system service uses.
+const secretReaders = "root and the " + service.Account + " service only"

@@ -64,7 +64,7 @@ func serviceCmd(action string) func([]string) int {
 		}
 		switch action {
 		case "install":
-			printInstalled(cfg, *user)
+			printInstalled(cfg, def)
 		case "uninstall":
 			fmt.Println("Service removed. The config, queue and logs are kept.")
 		default:
@@ -84,8 +84,8 @@ var serviceHelp = map[string]string{
 }
 
 // errKeyringSystemService: a password in the credential store of the user
-// who ran setup is out of reach of a system service (LocalSystem, root's
-// daemon context, a systemd system unit or the icloud-relay account), which
+// who ran setup is out of reach of a system service (NT SERVICE\icloud-relay,
+// root's daemon context, a systemd system unit or the icloud-relay account), which
 // would then fail to start on a config error.
 var errKeyringSystemService = errors.New("the password is in your own OS credential store (password_keyring), which a system service cannot read: " +
 	"keep it in a file instead (icloud-relay setup without --keyring: readable by root and the service only), " +
@@ -93,7 +93,8 @@ var errKeyringSystemService = errors.New("the password is in your own OS credent
 
 // serviceDefinition is the service that runs cfg. A system service runs as
 // the unprivileged service account where there is one (Linux, after the
-// .deb or .rpm made it): it gets its queue and logs, and may read the
+// .deb or .rpm made it; macOS, made here when missing; Windows, always:
+// its virtual account): it gets its queue and logs, and may read the
 // password, which stays hidden from everyone else.
 func serviceDefinition(cfg *config.Config, user bool) (service.Definition, error) {
 	def := service.Definition{ConfigPath: cfg.Path, User: user, LogFile: serviceLogFile(cfg, user)}
@@ -101,6 +102,11 @@ func serviceDefinition(cfg *config.Config, user bool) (service.Definition, error
 		return def, errKeyringSystemService
 	}
 	def.Writable = []string{cfg.Queue.Dir, filepath.Dir(def.LogFile)}
+	if !user {
+		if err := service.EnsureAccount(); err != nil {
+			return def, err
+		}
+	}
 	if def.Account = serviceAccount(user); def.Account == "" {
 		return def, nil
 	}
@@ -113,8 +119,8 @@ func serviceDefinition(cfg *config.Config, user bool) (service.Definition, error
 		}
 	}
 	secrets := []string{cfg.Upstream.PasswordFile}
-	if info, err := os.Stat(cfg.Path); err == nil && info.Mode().Perm()&0o044 == 0 {
-		secrets = append(secrets, cfg.Path) // a config private to root holds a secret
+	if who, err := private.Exposed(cfg.Path); err == nil && who == "" {
+		secrets = append(secrets, cfg.Path) // a private config holds a secret
 	}
 	for _, f := range secrets {
 		if f == "" {
@@ -136,10 +142,20 @@ func serviceLogFile(cfg *config.Config, user bool) string {
 	return config.DefaultPaths(user).Log
 }
 
-func printInstalled(cfg *config.Config, user bool) {
+func printInstalled(cfg *config.Config, def service.Definition) {
+	user := def.User
 	logs := serviceLogFile(cfg, user)
 	fmt.Printf("Installed the icloud-relay service (%s).\n\n", service.Platform())
-	fmt.Printf("  config  %s\n  queue   %s\n  logs    %s\n\n", cfg.Path, cfg.Queue.Dir, logs)
+	fmt.Printf("  config  %s\n  queue   %s\n  logs    %s\n", cfg.Path, cfg.Queue.Dir, logs)
+	if exe, err := service.Executable(def); err == nil {
+		if self, _ := os.Executable(); exe != self {
+			fmt.Printf("  binary  %s\n          (a copy of this one, where only administrators can change it; after an update of\n          icloud-relay: icloud-relay stop, uninstall, install, start)\n", exe)
+		}
+	}
+	if def.Account != "" {
+		fmt.Printf("  runs as %s\n", def.Account)
+	}
+	fmt.Println()
 	flag := ""
 	if user {
 		flag = " --user"

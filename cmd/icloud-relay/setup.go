@@ -141,8 +141,8 @@ func setupCmd(args []string) int {
 		where = "the OS credential store"
 	}
 	who := "you only"
-	if account := serviceAccount(*user); account != "" && !*useKeyring {
-		who = "root and the " + account + " service only"
+	if serviceAccount(*user) != "" && !*useKeyring {
+		who = secretReaders
 	}
 	fmt.Printf("Wrote %s; the password is in %s (readable by %s).\n", cfg.Path, where, who)
 
@@ -173,7 +173,7 @@ func setupCmd(args []string) int {
 			fmt.Fprintf(os.Stderr, "icloud-relay setup: install: %v\n", err)
 			return exitFailure
 		}
-		printInstalled(cfg, *user)
+		printInstalled(cfg, def)
 		doStart := *start
 		if !doStart && !*yes && tty {
 			ans, _ := ask("Start it now?", "yes")

@@ -286,13 +286,29 @@ func TestWindowsBuildUnderWine(t *testing.T) {
 	p.cmd.Process.Kill()
 	<-p.done
 
-	// As a service, through Wine's service manager.
+	// As a service, through Wine's service manager: as its own virtual
+	// account, running a copy under Program Files (C:\relay is anyone's).
 	step = time.Now()
+	copied := filepath.Join(w.prefix, "drive_c", "Program Files", "icloud-relay", "icloud-relay.exe")
+	out, code = w.relay("install", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "Next: icloud-relay start") || !strings.Contains(out, `runs as NT SERVICE\icloud-relay`) ||
+		!strings.Contains(out, `binary  C:\Program Files\icloud-relay\icloud-relay.exe`) {
+		t.Fatalf("install: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(copied); err != nil {
+		t.Fatalf("no copy of the binary under Program Files: %v", err)
+	}
+	out, _ = w.run(w.loader, "reg", "query", `HKLM\System\CurrentControlSet\Services\icloud-relay`)
+	if !strings.Contains(out, `NT SERVICE\icloud-relay`) || !strings.Contains(out, `C:\Program Files\icloud-relay\icloud-relay.exe`) {
+		t.Fatalf("the service's account and binary in the registry:\n%s", out)
+	}
+	if out, code := w.relay("install", "--config", cfg); code == 0 || !strings.Contains(out, "installed already") {
+		t.Fatalf("a second install: exit %d\n%s", code, out)
+	}
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"install", "--config", cfg}, "Next: icloud-relay start"},
 		{[]string{"start"}, ""},
 		{[]string{"status"}, "service: running"},
 	} {
@@ -323,6 +339,9 @@ func TestWindowsBuildUnderWine(t *testing.T) {
 	}
 	if err := sendTo(addr, "after the stop"); err == nil {
 		t.Fatal("the relay still takes mail after the service was stopped")
+	}
+	if _, err := os.Stat(copied); !os.IsNotExist(err) {
+		t.Fatalf("uninstall left the copy of the binary: %v", err)
 	}
 	t.Logf("service install, start, status, deliver, stop, uninstall: %s", time.Since(step).Round(time.Millisecond))
 

@@ -4,6 +4,8 @@ package private
 
 import (
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"strings"
 	"unsafe"
 
@@ -11,8 +13,9 @@ import (
 )
 
 // Restrict gives path a protected DACL: full control for SYSTEM, the
-// Administrators and the current account, inherited by a directory's
-// entries; no other access, nothing inherited from above.
+// Administrators, the service's account and the current account,
+// inherited by a directory's entries; no other access, nothing inherited
+// from above.
 func Restrict(path string) error {
 	user, err := currentUser()
 	if err != nil {
@@ -26,9 +29,14 @@ func Restrict(path string) error {
 		windows.DACL_SECURITY_INFORMATION|windows.PROTECTED_DACL_SECURITY_INFORMATION, nil, nil, dacl, nil)
 }
 
-// privateSDDL is the private security descriptor for the account user.
+// privateSDDL is the private security descriptor for the account user
+// (which may be the service's own).
 func privateSDDL(user *windows.SID) string {
-	return "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;" + user.String() + ")"
+	sddl := "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;" + serviceSID(ServiceAccount) + ")"
+	if u := user.String(); u != serviceSID(ServiceAccount) {
+		sddl += "(A;OICI;FA;;;" + u + ")"
+	}
+	return sddl
 }
 
 func privateDACL(user *windows.SID) (*windows.ACL, error) {
@@ -48,8 +56,9 @@ func currentUser() (*windows.SID, error) {
 	return u.User.Sid, nil
 }
 
-// Exposed says who besides SYSTEM, the Administrators, the current
-// account and the file's owner may read path ("" when nobody).
+// Exposed says who besides SYSTEM, the Administrators, the service's
+// account, the current account and the file's owner may read path (""
+// when nobody).
 func Exposed(path string) (string, error) {
 	sd, err := windows.GetNamedSecurityInfo(path, windows.SE_FILE_OBJECT,
 		windows.DACL_SECURITY_INFORMATION|windows.OWNER_SECURITY_INFORMATION)
@@ -68,8 +77,13 @@ func Exposed(path string) (string, error) {
 const readAccess = windows.FILE_READ_DATA | windows.GENERIC_READ | windows.GENERIC_ALL
 
 // exposedBy names the principals sd lets read that are not SYSTEM, the
-// Administrators or one of allowed.
+// Administrators, the service's account or one of allowed.
 func exposedBy(sd *windows.SECURITY_DESCRIPTOR, allowed ...*windows.SID) (string, error) {
+	svc, err := windows.StringToSid(serviceSID(ServiceAccount))
+	if err != nil {
+		return "", err
+	}
+	allowed = append(allowed, svc)
 	dacl, _, err := sd.DACL()
 	if err != nil {
 		return "", err
@@ -116,11 +130,18 @@ func name(sid *windows.SID) string {
 	return sid.String()
 }
 
-// Share lets the service account read path. On Windows the service runs
-// as LocalSystem, which every private path's DACL already grants: there is
-// nothing to add.
-func Share(path string) error { return nil }
+// Share lets the service's account (NT SERVICE\icloud-relay) read path:
+// on Windows that is the private DACL, which grants it.
+func Share(path string) error { return Restrict(path) }
 
-// GiveTo makes the service account own path. On Windows LocalSystem has
-// full control of every private path already (see Share).
-func GiveTo(path string) error { return nil }
+// GiveTo lets the service's account own path and everything under it: the
+// private DACL on each (a queue made before, by LocalSystem or by hand,
+// may have entries of their own that do not name it).
+func GiveTo(path string) error {
+	return filepath.WalkDir(path, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return Restrict(p)
+	})
+}

@@ -9,7 +9,8 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// The private DACL grants SYSTEM, the Administrators and the account,
+// The private DACL grants SYSTEM, the Administrators, the service's
+// account and the current account,
 // protected from inheritance, and nothing to anyone else; a DACL that
 // lets Everyone or the Users group read is reported, naming them. (Run
 // under Wine in CI: Wine accepts a DACL but shows the Unix mode when read
@@ -23,7 +24,7 @@ func TestPrivateDACL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := sd.String(); !strings.HasPrefix(got, "D:P") || strings.Count(got, "(A;") != 3 || strings.Contains(got, ";WD)") || strings.Contains(got, ";BU)") {
+	if got := sd.String(); !strings.HasPrefix(got, "D:P") || strings.Count(got, "(A;") != 4 || !strings.Contains(got, ";;;"+serviceSID(ServiceAccount)+")") || strings.Contains(got, ";WD)") || strings.Contains(got, ";BU)") {
 		t.Fatalf("private descriptor %s", got)
 	}
 	if who, err := exposedBy(sd, user); err != nil || who != "" {

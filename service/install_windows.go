@@ -1,0 +1,141 @@
+//go:build windows
+
+package service
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	kservice "github.com/kardianos/service"
+	"golang.org/x/sys/windows"
+)
+
+// VirtualAccount is the account the system service runs as on Windows: the
+// service's own virtual account, which Windows makes with the service and
+// removes with it (no password, no administrator rights; its SID is what
+// the private paths' DACLs grant, see internal/private).
+const VirtualAccount = `NT SERVICE\` + Name
+
+// ErrInstalled means the service is installed already.
+var ErrInstalled = errors.New("the service is installed already: to install it again (after an update, or with another config) run icloud-relay stop, then icloud-relay uninstall, then install again")
+
+// prepareInstall makes c the service install writes: the system service
+// runs as d.Account, from an executable only administrators can change.
+func prepareInstall(s kservice.Service, d Definition, c *kservice.Config) error {
+	if _, err := s.Status(); !errors.Is(err, kservice.ErrNotInstalled) {
+		return ErrInstalled
+	}
+	if d.User {
+		return nil
+	}
+	c.UserName = d.Account
+	exe, err := serviceExecutable(d, c.Executable)
+	if err != nil {
+		return err
+	}
+	if exe != c.Executable {
+		if err := copyExecutable(c.Executable, exe); err != nil {
+			return err
+		}
+		c.Executable = exe
+	}
+	return nil
+}
+
+// serviceExecutable is the file the service d runs for the binary exe:
+// exe for a service of the user, else systemExecutable.
+func serviceExecutable(d Definition, exe string) (string, error) {
+	if d.User {
+		return exe, nil
+	}
+	return systemExecutable(exe)
+}
+
+// systemExecutable is the file a system service runs for exe: exe itself
+// under Program Files or the Windows directory, where only administrators
+// write, else a copy in Program Files\icloud-relay. A service must not run
+// a file a user can replace (who would then have its rights at its next
+// start), and what Scoop, winget's per-user scope or a download leave in a
+// user's profile the service's account cannot even read.
+func systemExecutable(exe string) (string, error) {
+	programFiles, err := windows.KnownFolderPath(windows.FOLDERID_ProgramFiles, 0)
+	if err != nil {
+		if programFiles = os.Getenv("ProgramFiles"); programFiles == "" {
+			return "", fmt.Errorf("cannot find the Program Files folder: %w", err)
+		}
+	}
+	winDir, _ := windows.KnownFolderPath(windows.FOLDERID_Windows, 0)
+	for _, safe := range []string{programFiles, winDir} {
+		if within(exe, safe) {
+			return exe, nil
+		}
+	}
+	return filepath.Join(programFiles, Name, Name+".exe"), nil
+}
+
+// within says whether path lies in the folder dir (Windows: any case).
+func within(path, dir string) bool {
+	if dir == "" || len(path) <= len(dir) {
+		return false
+	}
+	dir = strings.TrimRight(dir, `\/`)
+	return strings.EqualFold(path[:len(dir)], dir) && (path[len(dir)] == '\\' || path[len(dir)] == '/')
+}
+
+// copyExecutable puts a copy of src at dst whole or not at all; its
+// folder inherits Program Files' access (administrators change, users
+// read and run).
+func copyExecutable(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("cannot make %s for the service's copy of icloud-relay: %w", filepath.Dir(dst), err)
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".new"
+	out, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("cannot write the service's copy of icloud-relay: %w", err)
+	}
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, dst)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("cannot put the service's copy of icloud-relay at %s (does an icloud-relay still run from it? stop it first): %w", dst, err)
+	}
+	return nil
+}
+
+// afterUninstall removes the copy install made, at once or, while the
+// service still runs it, at the next restart of Windows.
+func afterUninstall(d Definition) {
+	if d.User {
+		return
+	}
+	self, _ := os.Executable()
+	exe, err := systemExecutable(self)
+	if err != nil || exe == self {
+		return
+	}
+	if err := os.Remove(exe); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if p, err := windows.UTF16PtrFromString(exe); err == nil {
+			windows.MoveFileEx(p, nil, windows.MOVEFILE_DELAY_UNTIL_REBOOT)
+		}
+		return
+	}
+	os.Remove(filepath.Dir(exe)) // only when empty
+}
