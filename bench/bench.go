@@ -49,6 +49,7 @@ type Options struct {
 	BigMessage  bool          // also measure RSS with one 20 MiB message
 	RSA         bool          // the stand-in serves an RSA 2048 certificate
 	Latency     time.Duration // the stand-in's replies arrive this much later (a network's round trip)
+	CPUProfile  string        // the relay writes its CPU profile here (run --cpuprofile)
 	// Upstream, when set, is the server both modes send to instead of the
 	// in-process stand-in (another stand-in, a test server of your own).
 	Upstream *External
@@ -76,8 +77,9 @@ type Result struct {
 	P50, P99    time.Duration
 	EndToEnd    time.Duration // until the upstream had them all
 	Logins      int
-	CPU         time.Duration // CPU time of the whole run: clients, stand-in and relay
-	RelayCPU    time.Duration // the relay process's own CPU time (relay mode)
+	CPU         time.Duration   // CPU time of the whole run: clients, stand-in and relay
+	RelayCPU    time.Duration   // the relay process's own CPU time (relay mode)
+	Rounds      []time.Duration // each round's end-to-end time, in order
 }
 
 // Report is the whole run.
@@ -244,6 +246,7 @@ type sample struct {
 	client, endToEnd      time.Duration
 	cpu                   time.Duration // both processes, client and stand-in included
 	relayCPU              time.Duration // the relay's alone
+	rounds                []time.Duration
 }
 
 func (a *sample) add(b sample) {
@@ -255,10 +258,11 @@ func (a *sample) add(b sample) {
 	a.endToEnd += b.endToEnd
 	a.cpu += b.cpu
 	a.relayCPU += b.relayCPU
+	a.rounds = append(a.rounds, b.endToEnd)
 }
 
 func (a *sample) result(mode string, c int) Result {
-	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused, EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu, RelayCPU: a.relayCPU}
+	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused, EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu, RelayCPU: a.relayCPU, Rounds: a.rounds}
 	r.Rate = float64(a.sent-a.refused) / a.client.Seconds()
 	sort.Slice(a.lat, func(i, j int) bool { return a.lat[i] < a.lat[j] })
 	if len(a.lat) > 0 {
@@ -392,16 +396,19 @@ dir = %q
 sync_window = %q
 daily_limit = 0
 [log]
-level = "warn"
-format = "json"
+file = %q
 [status]
 addr = %q
-`, addr, upstreamTOML, filepath.Join(dir, "queue"), o.SyncWindow, page)
+`, addr, upstreamTOML, filepath.Join(dir, "queue"), o.SyncWindow, filepath.Join(dir, "relay.log"), page)
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, o.Binary, "run", "--config", path)
+	args := []string{"run", "--config", path}
+	if o.CPUProfile != "" {
+		args = append(args, "--cpuprofile", o.CPUProfile)
+	}
+	cmd := exec.CommandContext(ctx, o.Binary, args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -501,6 +508,18 @@ func cpuOf(pid string) time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ is 100 on Linux
 }
 
+// roundRatios are the end-to-end ratios direct ÷ relay of each round: the
+// two modes ran side by side in it, so their spread is the noise's.
+func roundRatios(direct, relay []time.Duration) []float64 {
+	var out []float64
+	for i := 0; i < min(len(direct), len(relay)); i++ {
+		if relay[i] > 0 {
+			out = append(out, direct[i].Seconds()/relay[i].Seconds())
+		}
+	}
+	return out
+}
+
 func (rep *Report) print(w io.Writer) {
 	fmt.Fprintf(w, "%d CPUs, %s/%s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
 	if rep.External {
@@ -534,6 +553,13 @@ func (rep *Report) print(w io.Writer) {
 			fmt.Fprintf(w, ", CPU per message %.2fx", r.CPU.Seconds()/d.CPU.Seconds())
 		}
 		fmt.Fprintln(w)
+		if ratios := roundRatios(d.Rounds, r.Rounds); len(ratios) > 1 {
+			fmt.Fprintf(w, "                  end to end per round:")
+			for _, x := range ratios {
+				fmt.Fprintf(w, " %.2fx", x)
+			}
+			fmt.Fprintln(w)
+		}
 	}
 	if rep.IdleRSS > 0 {
 		fmt.Fprintf(w, "\nrelay idle RSS: %.1f MiB\n", float64(rep.IdleRSS)/(1<<20))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -21,8 +22,9 @@ func TestBenchmarkSmoke(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	var out bytes.Buffer
-	rep, err := Run(context.Background(), Options{Binary: bin, Concurrency: []int{1, 4}, Messages: 20, MessageSize: 4096,
-		SyncWindow: "10s", BigMessage: true, Out: &out})
+	profile := filepath.Join(t.TempDir(), "relay.pprof")
+	rep, err := Run(context.Background(), Options{Binary: bin, Concurrency: []int{1, 4}, Messages: 20, Rounds: 2, MessageSize: 4096,
+		SyncWindow: "10s", BigMessage: true, CPUProfile: profile, Out: &out})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
@@ -34,12 +36,18 @@ func TestBenchmarkSmoke(t *testing.T) {
 		if r.Refused != 0 || r.P50 <= 0 || r.EndToEnd <= 0 {
 			t.Fatalf("%s at %d: %+v", r.Mode, r.Concurrency, r)
 		}
+		if len(r.Rounds) != 2 {
+			t.Fatalf("%s at %d: %d rounds timed, want 2", r.Mode, r.Concurrency, len(r.Rounds))
+		}
 		if r.Mode == "relay" && r.Logins > 2 {
 			t.Fatalf("relay logged in %d times for %d messages: no connection reuse", r.Logins, r.Messages)
 		}
 	}
-	if !strings.Contains(out.String(), "relay / direct") {
-		t.Fatal("no ratios printed")
+	if b, err := os.ReadFile(profile); err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("the relay's CPU profile (a gzipped pprof protobuf): %v, % x", err, b[:min(len(b), 2)])
+	}
+	if !strings.Contains(out.String(), "relay / direct") || strings.Count(out.String(), "end to end per round:") != 2 {
+		t.Fatal("no ratios, or none per round, printed")
 	}
 }
 

@@ -297,11 +297,11 @@ func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	// With a sync window an interactive client waits for the first
 	// attempt, and the message stays staged: committed to disk only when
 	// the upstream does not take it at once (see queue.Stage). A bulk one
-	// waits only as long as committing it would take (bulkWindow), unless
-	// the upstream delivers faster than that anyway (bulk.go).
+	// is committed and answered at once, unless the upstream delivers
+	// faster than a commit takes (bulk.go).
 	window := s.cfg.SyncWindow
 	if bulk && !s.sched.FastUpstream() {
-		window = min(window, bulkWindow)
+		window = 0
 	}
 	if err == nil && window <= 0 {
 		err, st = s.in.q.Commit(st, m), nil

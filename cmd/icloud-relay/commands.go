@@ -9,6 +9,7 @@ import (
 	iofs "io/fs"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -167,6 +168,7 @@ func runCmd(args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cfgPath := configFlag(fs)
 	managed := fs.Bool("service", false, "run under the OS service manager (the service that install makes passes it)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`, for go tool pprof (bench --cpuprofile uses it)")
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "Usage: icloud-relay run [--config FILE]\n\nRelays mail in the foreground until SIGINT or SIGTERM.")
 		fs.PrintDefaults()
@@ -174,6 +176,18 @@ func runCmd(args []string) int {
 	cfg, code := flagsAndConfig(fs, args, cfgPath)
 	if cfg == nil {
 		return code
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "icloud-relay: --cpuprofile: %v\n", err)
+			return exitUsage
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
 	}
 	red := cfg.Redactor()
 	interactive := !*managed && service.Interactive()
@@ -314,6 +328,7 @@ func benchCmd(args []string) int {
 	big := fs.Bool("big", true, "also relay one 20 MiB message and report the RSS growth")
 	useRSA := fs.Bool("rsa", false, "the stand-in serves an RSA 2048 certificate (default ECDSA P-256)")
 	latency := fs.Duration("latency", 0, "round-trip time added to the stand-in's replies, as across a network (e.g. 10ms)")
+	cpuProfile := fs.String("cpuprofile", "", "write the relay process's CPU profile to `file` (go tool pprof)")
 	var ext bench.External
 	fs.StringVar(&ext.Host, "upstream", "", "measure against this upstream `host` instead of the in-process stand-in (a test server of yours: both modes send it real messages)")
 	fs.IntVar(&ext.StartTLSPort, "starttls-port", 587, "with --upstream: its STARTTLS port")
@@ -360,7 +375,7 @@ func benchCmd(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, Rounds: *rounds, MessageSize: *size,
-		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Latency: *latency, Upstream: upstream, Out: os.Stdout}); err != nil {
+		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Latency: *latency, Upstream: upstream, CPUProfile: *cpuProfile, Out: os.Stdout}); err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
 	}
