@@ -135,12 +135,14 @@ func Control(action string, d Definition) error {
 			return classify(err)
 		}
 	}
+	after := func() {}
+	if action == "uninstall" {
+		after = prepareUninstall(d)
+	}
 	if err := kservice.Control(s, action); err != nil {
 		return classify(err)
 	}
-	if action == "uninstall" {
-		afterUninstall(d)
-	}
+	after()
 	return nil
 }
 

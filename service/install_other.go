@@ -8,7 +8,8 @@ import kservice "github.com/kardianos/service"
 // in the property list and the unit, and run the binary where it is.
 func prepareInstall(kservice.Service, Definition, *kservice.Config) error { return nil }
 
-func afterUninstall(Definition) {}
+// prepareUninstall has nothing to clean up after the uninstall.
+func prepareUninstall(Definition) (after func()) { return func() {} }
 
 // serviceExecutable is the binary the service runs: exe, where it is.
 func serviceExecutable(_ Definition, exe string) (string, error) { return exe, nil }

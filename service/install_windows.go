@@ -9,9 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+	"unsafe"
 
 	kservice "github.com/kardianos/service"
 	"golang.org/x/sys/windows"
+	"golang.org/x/sys/windows/svc/mgr"
 )
 
 // VirtualAccount is the account the system service runs as on Windows: the
@@ -112,6 +115,9 @@ func copyExecutable(src, dst string) error {
 	}
 	if err == nil {
 		err = os.Rename(tmp, dst)
+		if err != nil && setAside(dst) == nil {
+			err = os.Rename(tmp, dst)
+		}
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -120,22 +126,76 @@ func copyExecutable(src, dst string) error {
 	return nil
 }
 
-// afterUninstall removes the copy install made, at once or, while the
-// service still runs it, at the next restart of Windows.
-func afterUninstall(d Definition) {
+// setAside moves an executable that may still run (Windows lets a running
+// program's file be renamed, not removed) out of the way, to be removed at
+// the next restart of Windows: its name is free at once for a new copy,
+// which a deletion pending on that name would otherwise take at the
+// restart.
+func setAside(exe string) error {
+	aside := fmt.Sprintf("%s.%d.old", exe, time.Now().UnixNano())
+	if err := os.Rename(exe, aside); err != nil {
+		return err
+	}
+	if os.Remove(aside) == nil {
+		return nil
+	}
+	p, err := windows.UTF16PtrFromString(aside)
+	if err != nil {
+		return err
+	}
+	return windows.MoveFileEx(p, nil, windows.MOVEFILE_DELAY_UNTIL_REBOOT)
+}
+
+// prepareUninstall returns what to do once the service is removed: remove
+// the copy install made of the binary — only when the service ran that
+// copy, never a binary that lay there before — at once or, while the
+// service still runs it, at the next restart of Windows (set aside).
+func prepareUninstall(d Definition) (after func()) {
+	after = func() {}
 	if d.User {
-		return
+		return after
 	}
-	self, _ := os.Executable()
+	self, err := os.Executable()
+	if err != nil {
+		return after
+	}
 	exe, err := systemExecutable(self)
-	if err != nil || exe == self {
-		return
+	if err != nil || exe == self || !runs(exe) {
+		return after
 	}
-	if err := os.Remove(exe); err != nil && !errors.Is(err, os.ErrNotExist) {
-		if p, err := windows.UTF16PtrFromString(exe); err == nil {
-			windows.MoveFileEx(p, nil, windows.MOVEFILE_DELAY_UNTIL_REBOOT)
+	return func() {
+		if err := os.Remove(exe); err != nil && !errors.Is(err, os.ErrNotExist) {
+			setAside(exe)
+			return
 		}
-		return
+		os.Remove(filepath.Dir(exe)) // only when empty
 	}
-	os.Remove(filepath.Dir(exe)) // only when empty
+}
+
+// runs says whether the installed service's command line starts with exe.
+func runs(exe string) bool {
+	m, err := mgr.Connect()
+	if err != nil {
+		return false
+	}
+	defer m.Disconnect()
+	s, err := m.OpenService(Name)
+	if err != nil {
+		return false
+	}
+	defer s.Close()
+	// QueryServiceConfig alone: mgr's Config asks for more (delayed
+	// start, …), which not every service manager answers (Wine's).
+	var need uint32
+	windows.QueryServiceConfig(s.Handle, nil, 0, &need)
+	if need == 0 {
+		return false
+	}
+	buf := make([]byte, need)
+	c := (*windows.QUERY_SERVICE_CONFIG)(unsafe.Pointer(&buf[0]))
+	if err := windows.QueryServiceConfig(s.Handle, c, need, &need); err != nil {
+		return false
+	}
+	path := strings.TrimPrefix(windows.UTF16PtrToString(c.BinaryPathName), `"`)
+	return len(path) >= len(exe) && strings.EqualFold(path[:len(exe)], exe)
 }

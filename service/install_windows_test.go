@@ -3,6 +3,7 @@
 package service
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -40,5 +41,21 @@ func TestTheServiceRunsABinaryOnlyAdministratorsChange(t *testing.T) {
 		if got, _ := serviceExecutable(Definition{User: true}, exe); got != exe {
 			t.Errorf("user service for %s: %s", exe, got)
 		}
+	}
+}
+
+// A binary set aside frees its name at once and leaves nothing behind when
+// nothing runs it.
+func TestSetAside(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "icloud-relay.exe")
+	if err := os.WriteFile(exe, []byte("MZ"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := setAside(exe); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
+		t.Fatalf("left: %v", left)
 	}
 }
