@@ -45,3 +45,12 @@ func TestDefinitionRunsTheRelayWithAnAbsoluteConfig(t *testing.T) {
 		t.Fatalf("config %+v", c)
 	}
 }
+
+// The account's name is the service's: Windows names a service's virtual
+// account and its SID (which internal/private computes from Account) after
+// the service.
+func TestTheAccountIsNamedAfterTheService(t *testing.T) {
+	if Account != Name {
+		t.Fatalf("Account %q, service Name %q", Account, Name)
+	}
+}

@@ -29,8 +29,11 @@ var ErrInstalled = errors.New("the service is installed already: to install it a
 // prepareInstall makes c the service install writes: the system service
 // runs as d.Account, from an executable only administrators can change.
 func prepareInstall(s kservice.Service, d Definition, c *kservice.Config) error {
-	if _, err := s.Status(); !errors.Is(err, kservice.ErrNotInstalled) {
+	switch _, err := s.Status(); {
+	case err == nil:
 		return ErrInstalled
+	case !errors.Is(err, kservice.ErrNotInstalled):
+		return err // e.g. no rights to ask: classify says so
 	}
 	if d.User {
 		return nil
