@@ -8,3 +8,6 @@ func serviceAccount(user bool) string { return "" }
 
 // secretReaders says who may read the password a system service uses.
 const secretReaders = "root only"
+
+// updateAdvice says how the running relay comes to run this binary.
+const updateAdvice = "restart the relay to run it"

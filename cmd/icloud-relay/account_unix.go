@@ -23,3 +23,6 @@ func serviceAccount(user bool) string {
 
 // secretReaders says who may read the password a system service uses.
 const secretReaders = "root and the " + service.Account + " service only"
+
+// updateAdvice says how the running relay comes to run this binary.
+const updateAdvice = "restart the service to run it (icloud-relay restart)"

@@ -15,3 +15,6 @@ func serviceAccount(user bool) string {
 
 // secretReaders says who may read the password a system service uses.
 const secretReaders = "SYSTEM, the Administrators and the service's own account only"
+
+// updateAdvice says how the running relay comes to run this binary.
+const updateAdvice = "to run it, icloud-relay stop, uninstall, install, start (the service runs its own copy of the binary)"

@@ -328,6 +328,28 @@ func TestTheVersionIsEverywhere(t *testing.T) {
 	if v := p.waitLog(t, "relay started")[logging.KeyVersion]; v != testVersion {
 		t.Errorf("start-up line has version %v", v)
 	}
+	// status says when the running relay is not this binary (an update
+	// not yet restarted into), and how to change that.
+	out, _ = exec.Command(binary, "status", "--config", cfg).CombinedOutput()
+	if !strings.Contains(string(out), "relay:   "+testVersion+" running") || strings.Contains(string(out), "this icloud-relay is") {
+		t.Errorf("status from the same binary:\n%s", out)
+	}
+	newer := filepath.Join(t.TempDir(), "icloud-relay")
+	if b, err := exec.Command("go", "build", "-ldflags", strings.ReplaceAll(stampFlags, "version=v"+testVersion, "version=v0.0.1-test"), "-o", newer, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, b)
+	}
+	out, _ = exec.Command(newer, "status", "--config", cfg).CombinedOutput()
+	if !strings.Contains(string(out), "relay:   "+testVersion+" running") || !strings.Contains(string(out), "(this icloud-relay is 0.0.1-test: restart the service") {
+		t.Errorf("status from a newer binary:\n%s", out)
+	}
+	out, _ = exec.Command(newer, "status", "--json", "--config", cfg).Output()
+	var st struct {
+		Version     string
+		ThisVersion string `json:"this_version"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil || st.Version != testVersion || st.ThisVersion != "0.0.1-test" {
+		t.Errorf("status --json from a newer binary: %+v %v\n%s", st, err, out)
+	}
 }
 
 func TestDemo(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/icloud-relay/icloud-relay/config"
+	"github.com/icloud-relay/icloud-relay/internal/buildinfo"
 	"github.com/icloud-relay/icloud-relay/internal/private"
 	"github.com/icloud-relay/icloud-relay/relay/control"
 	"github.com/icloud-relay/icloud-relay/service"
@@ -186,7 +187,10 @@ func statusCmd(def service.Definition, asJSON bool) int {
 		Failed   int    `json:"failed"`
 		Problem  string `json:"problem,omitempty"` // why the relay could not be asked
 		QueueDir string `json:"queue_dir,omitempty"`
-	}{Service: svc}
+		// ThisVersion is this binary's: the running relay's differs after
+		// an update until it is restarted (Windows: installed again).
+		ThisVersion string `json:"this_version"`
+	}{Service: svc, ThisVersion: buildinfo.Get().Short()}
 	if cfg, err := config.LoadLocal(def.ConfigPath); err != nil {
 		out.Problem = err.Error()
 	} else if q, err := control.Open(cfg.Queue.Dir); err != nil {
@@ -244,7 +248,13 @@ func statusCmd(def service.Definition, asJSON bool) int {
 	if !r.OK {
 		mark = "✗"
 	}
-	fmt.Printf("relay:   %s running\n\n%s %s\n", r.Version, mark, r.Headline)
+	fmt.Printf("relay:   %s running\n", r.Version)
+	if mine := out.ThisVersion; r.Version != mine {
+		// After an update the service runs the old binary until it is
+		// restarted; on Windows it runs its own copy until installed again.
+		fmt.Printf("         (this icloud-relay is %s: %s)\n", mine, updateAdvice)
+	}
+	fmt.Printf("\n%s %s\n", mark, r.Headline)
 	row := func(k, v string) {
 		if v != "" {
 			fmt.Printf("  %-14s %s\n", k, v)
