@@ -1,8 +1,7 @@
-//go:build !darwin
+//go:build !darwin && !linux
 
 package service
 
-// EnsureAccount does nothing here: on Linux the .deb and .rpm make the
-// service account, on Windows the service manager makes its virtual
-// account with the service.
+// EnsureAccount does nothing here: on Windows the service manager makes
+// the service's virtual account with the service.
 func EnsureAccount() error { return nil }

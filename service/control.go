@@ -102,17 +102,26 @@ func (d Definition) config() (*kservice.Config, error) {
 // that nothing ever starts.
 var supported = map[string]bool{"windows-service": true, "darwin-launchd": true, "linux-systemd": true}
 
+// Supported says whether this machine runs a service manager install can
+// use; else ErrNoManager.
+func Supported() error {
+	if p := kservice.Platform(); !supported[p] {
+		if p == "" {
+			p = "none"
+		}
+		return fmt.Errorf("%w (found: %s)", ErrNoManager, p)
+	}
+	return nil
+}
+
 // manage returns the service handle for d, or ErrNoManager.
 func manage(d Definition) (kservice.Service, *kservice.Config, error) {
 	c, err := d.config()
 	if err != nil {
 		return nil, nil, err
 	}
-	if p := kservice.Platform(); !supported[p] {
-		if p == "" {
-			p = "none"
-		}
-		return nil, nil, fmt.Errorf("%w (found: %s)", ErrNoManager, p)
+	if err := Supported(); err != nil {
+		return nil, nil, err
 	}
 	s, err := kservice.New(&program{}, c)
 	if err != nil {

@@ -9,8 +9,8 @@ import (
 )
 
 // serviceAccount is the account a system service runs as: the unprivileged
-// service account when this machine has it (the .deb and .rpm make it on
-// Linux, install on macOS), else "" (root).
+// service account when this machine has it (the .deb and .rpm make it,
+// else install), else "" (root).
 func serviceAccount(user bool) string {
 	if user {
 		return ""

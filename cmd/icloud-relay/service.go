@@ -94,7 +94,8 @@ var errKeyringSystemService = errors.New("the password is in your own OS credent
 
 // serviceDefinition is the service that runs cfg. A system service runs as
 // the unprivileged service account where there is one (Linux, after the
-// .deb or .rpm made it; macOS, made here when missing; Windows, always:
+// .deb or .rpm made it, else made here; macOS, made here when missing;
+// Windows, always:
 // its virtual account): it gets its queue and logs, and may read the
 // password, which stays hidden from everyone else.
 func serviceDefinition(cfg *config.Config, user bool) (service.Definition, error) {
@@ -103,7 +104,7 @@ func serviceDefinition(cfg *config.Config, user bool) (service.Definition, error
 		return def, errKeyringSystemService
 	}
 	def.Writable = []string{cfg.Queue.Dir, filepath.Dir(def.LogFile)}
-	if !user {
+	if !user && service.Supported() == nil { // no account made for a service that cannot be installed
 		if err := service.EnsureAccount(); err != nil {
 			return def, err
 		}
@@ -155,6 +156,9 @@ func printInstalled(cfg *config.Config, def service.Definition) {
 	}
 	if def.Account != "" {
 		fmt.Printf("  runs as %s\n", def.Account)
+		if cfg.Upstream.PasswordFile != "" {
+			fmt.Printf("  the password file is readable by %s\n", secretReaders)
+		}
 	}
 	fmt.Println()
 	flag := ""

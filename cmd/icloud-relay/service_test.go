@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	osuser "os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -24,6 +25,7 @@ func TestServiceCommandsWithoutAServiceManager(t *testing.T) {
 	}
 	s := standIn(t, upstreamtest.Options{})
 	cfg := writeConfig(t, s, t.TempDir(), s.Password())
+	_, hadAccount := osuser.Lookup(service.Account)
 	for _, action := range []string{"install", "start", "stop", "restart", "uninstall", "status"} {
 		code, out := runCLI(t, action, "--config", cfg)
 		if code != 1 || !strings.Contains(out, "no service manager found") || !strings.Contains(out, "icloud-relay run --config FILE") {
@@ -32,6 +34,10 @@ func TestServiceCommandsWithoutAServiceManager(t *testing.T) {
 	}
 	if _, err := os.Stat("/etc/init.d/icloud-relay"); err == nil {
 		t.Fatal("an init script was written")
+	}
+	// No account for a service that could not be installed.
+	if _, err := osuser.Lookup(service.Account); hadAccount != nil && err == nil {
+		t.Fatal("install made the service account without a service manager")
 	}
 }
 
