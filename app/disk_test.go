@@ -93,9 +93,12 @@ func TestFullDiskBetweenDataAndMetadataAnswers452(t *testing.T) {
 		}
 		e := newEnv(t, "")
 		e.stop()
-		// iCloud answers 451: the delivery worker, not the session, commits.
+		// iCloud answers 451: the delivery worker, not the session, commits
+		// (every message waits its sync window: none is bulk, which the
+		// session would commit itself).
 		e.standin.SetFaults(upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "busy"}})
 		e.cfg.Queue.Dir = filepath.Join(mnt, "queue")
+		e.cfg.Delivery.BulkGap = 0
 		e.start()
 		var refusal error
 		for i := 0; i < 40 && refusal == nil; i++ {
