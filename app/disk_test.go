@@ -11,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/icloud-relay/icloud-relay/config"
 	"github.com/icloud-relay/icloud-relay/internal/testenv"
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 	"github.com/icloud-relay/icloud-relay/upstream/upstreamtest"
@@ -84,28 +85,39 @@ func TestCorruptQueueEntriesAreQuarantinedAndTheRestDelivered(t *testing.T) {
 
 // At the boundary where a message's data still fits but its metadata does
 // not (here: one inode left), the client gets 452 "disk full" too, not a
-// vague 451. Two inode counts, so that one of them stops exactly there.
+// vague 451. Two inode counts, so that one of them stops exactly there;
+// the commit made by the delivery worker (lone messages) and by the
+// session (a burst: bulk_gap on).
 func TestFullDiskBetweenDataAndMetadataAnswers452(t *testing.T) {
-	for _, inodes := range []int{40, 41} {
+	for _, c := range []struct {
+		inodes int
+		bulk   time.Duration
+	}{{40, 0}, {41, 0}, {40, time.Second}, {41, time.Second}} {
+		inodes := c.inodes
 		mnt := t.TempDir()
 		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=8m,nr_inodes=%d", inodes), "tmpfs", mnt).CombinedOutput(); err != nil {
 			testenv.Skip(t, fmt.Sprintf("cannot mount a small tmpfs to fill (needs root): %v %s", err, out))
 		}
-		e := newEnv(t, "")
+		// For a burst iCloud is 10 ms away, too slow to wait for.
+		var opts upstreamtest.Options
+		if c.bulk > 0 {
+			opts.Latency = 10 * time.Millisecond
+		}
+		e := newEnvWith(t, opts, "")
 		e.stop()
-		// iCloud answers 451: the delivery worker, not the session, commits
-		// (every message waits its sync window: none is bulk, which the
-		// session would commit itself).
+		// iCloud answers 451: with bulk_gap 0 every message waits its sync
+		// window and the delivery worker commits it; with bulk_gap on, all
+		// but the first are a burst, which their session commits at once.
 		e.standin.SetFaults(upstreamtest.Faults{Mail: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "busy"}})
 		e.cfg.Queue.Dir = filepath.Join(mnt, "queue")
-		e.cfg.Delivery.BulkGap = 0
+		e.cfg.Delivery.BulkGap = config.Duration(c.bulk)
 		e.start()
 		var refusal error
 		for i := 0; i < 40 && refusal == nil; i++ {
 			_, refusal = send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message(fmt.Sprintf("inode-%d", i), "x\r\n"))
 		}
 		if se, ok := refusal.(*smtp.SMTPError); !ok || se.Code != 452 {
-			t.Fatalf("nr_inodes=%d: out of inodes the client got %v, want 452", inodes, refusal)
+			t.Fatalf("nr_inodes=%d, bulk_gap %s: out of inodes the client got %v, want 452", inodes, c.bulk, refusal)
 		}
 		e.stop()
 		exec.Command("umount", mnt).Run()

@@ -92,6 +92,7 @@ var mutants = []mutant{
 	{name: "reload: the new [log] settings not applied", file: "app/program.go", from: "\ta, err := p.newApp(cfg, log)\n", to: "\ta, err := p.newApp(cfg, p.log)\n", pkgs: []string{"./cmd/icloud-relay"}, run: "ReloadApplies"},
 	{name: "logging: the password not handed to the redactor", file: "config/config.go", from: "\tr.AddLogin(c.Upstream.Username, c.Upstream.Password.Reveal())\n", to: "", pkgs: []string{"./cmd/icloud-relay"}, run: "EchoedPassword"},
 	{name: "redact: no base64 forms", file: "internal/redact/redact.go", from: "\t\tr.add(s, base64.StdEncoding.EncodeToString([]byte(s)))", to: "\t\tr.add(s)", pkgs: []string{"./cmd/icloud-relay"}, run: "EchoedPassword"},
+	{name: "intake: a failed commit of a burst answered 250", file: "relay/server.go", from: "\t\terr, st = s.in.q.Commit(st, m), nil\n", to: "\t\t_, st = s.in.q.Commit(st, m), nil\n", pkgs: []string{"./app"}, run: "FullDiskBetween"},
 	{name: "bulk: a burst to a slow upstream waits for it", file: "relay/server.go", from: "\tif bulk && !s.sched.FastUpstream() {\n\t\twindow = 0\n", to: "\tif bulk && !s.sched.FastUpstream() {\n", pkgs: []string{"./app"}, run: "Burst"},
 	{name: "service: the Linux account not a system account", file: "service/linuxaccount.go", from: "run(\"useradd\", \"--system\", ", to: "run(\"useradd\", ", pkgs: []string{"./service"}, run: "LinuxAccount"},
 	{name: "service: a half-made macOS account left", file: "service/macaccount.go", from: "\t\t\tdscl(\"-delete\", user)", to: "", pkgs: []string{"./service"}, run: "MacAccount"},
