@@ -58,11 +58,10 @@ func (d Definition) SystemdUnit(exe string) string {
 }
 
 func (d Definition) config() (*kservice.Config, error) {
-	exe, err := os.Executable()
+	exe, err := self()
 	if err != nil {
 		return nil, err
 	}
-	exe, _ = filepath.EvalSymlinks(exe)
 	cfgPath, err := filepath.Abs(d.ConfigPath) // the service manager's working directory is not ours
 	if err != nil {
 		return nil, err
@@ -155,16 +154,30 @@ func Control(action string, d Definition) error {
 	return nil
 }
 
-// Executable is the binary the service d runs once installed: this one,
-// or on Windows for a system service its copy under Program Files when
-// this one lies where users may change it.
-func Executable(d Definition) (string, error) {
+// self is this binary, links resolved: what a service runs of it.
+func self() (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
-	exe, _ = filepath.EvalSymlinks(exe)
-	return serviceExecutable(d, exe)
+	if real, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = real
+	}
+	return exe, nil
+}
+
+// Copy is the copy of this binary that the service d runs once installed,
+// or "" when it runs this one: on Windows a system service runs a copy
+// under Program Files when this one lies where users may change it.
+func Copy(d Definition) string {
+	exe, err := self()
+	if err != nil {
+		return ""
+	}
+	if run, err := serviceExecutable(d, exe); err == nil && run != exe {
+		return run
+	}
+	return ""
 }
 
 // Status says whether the service is running, stopped or not installed.

@@ -155,15 +155,8 @@ func setAside(exe string) error {
 // service still runs it, at the next restart of Windows (set aside).
 func prepareUninstall(d Definition) (after func()) {
 	after = func() {}
-	if d.User {
-		return after
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return after
-	}
-	exe, err := systemExecutable(self)
-	if err != nil || exe == self || !runs(exe) {
+	exe := Copy(d)
+	if exe == "" || !runs(exe) {
 		return after
 	}
 	return func() {

@@ -18,14 +18,15 @@ func macAccount(dscl func(args ...string) (string, error)) error {
 	if err != nil {
 		return fmt.Errorf("cannot list the users: %w", err)
 	}
-	if _, ok := dsclIDs(users)[Account]; ok {
+	uids := dsclIDs(users)
+	if _, ok := uids[Account]; ok {
 		return nil
 	}
 	groups, err := dscl("-list", "/Groups", "PrimaryGroupID")
 	if err != nil {
 		return fmt.Errorf("cannot list the groups: %w", err)
 	}
-	uids, gids := dsclIDs(users), dsclIDs(groups)
+	gids := dsclIDs(groups)
 	gid, haveGroup := gids[Account]
 	id := freeID(uids, gids, haveGroup)
 	if id == 0 {

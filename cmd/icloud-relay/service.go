@@ -149,10 +149,8 @@ func printInstalled(cfg *config.Config, def service.Definition) {
 	logs := serviceLogFile(cfg, user)
 	fmt.Printf("Installed the icloud-relay service (%s).\n\n", service.Platform())
 	fmt.Printf("  config  %s\n  queue   %s\n  logs    %s\n", cfg.Path, cfg.Queue.Dir, logs)
-	if exe, err := service.Executable(def); err == nil {
-		if self, _ := os.Executable(); exe != self {
-			fmt.Printf("  binary  %s\n          (a copy of this one, where only administrators can change it; after an update of\n          icloud-relay: icloud-relay stop, uninstall, install, start)\n", exe)
-		}
+	if exe := service.Copy(def); exe != "" {
+		fmt.Printf("  binary  %s\n          (a copy of this one, where only administrators can change it; after an update of\n          icloud-relay: icloud-relay stop, uninstall, install, start)\n", exe)
 	}
 	if def.Account != "" {
 		fmt.Printf("  runs as %s\n", def.Account)

@@ -32,8 +32,9 @@ func Restrict(path string) error {
 // privateSDDL is the private security descriptor for the account user
 // (which may be the service's own).
 func privateSDDL(user *windows.SID) string {
-	sddl := "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;" + serviceSID(ServiceAccount) + ")"
-	if u := user.String(); u != serviceSID(ServiceAccount) {
+	svc := serviceSID(ServiceAccount)
+	sddl := "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)(A;OICI;FA;;;" + svc + ")"
+	if u := user.String(); u != svc {
 		sddl += "(A;OICI;FA;;;" + u + ")"
 	}
 	return sddl
