@@ -509,12 +509,14 @@ func TestSizeLimit(t *testing.T) {
 }
 
 func TestSpoolWriteFailureAnswers451(t *testing.T) {
-	// The message data cannot be written at all.
+	// The message data cannot be written at all, and the message is too
+	// big to be held in memory while it is staged (a small one would be
+	// delivered from memory: see TestCommitFailureAnswers451).
 	e := newEnv(t, "")
 	active := filepath.Join(e.cfg.Queue.Dir, "active")
 	os.RemoveAll(active)
 	os.WriteFile(active, nil, 0o600)
-	_, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("spool", "x\r\n"))
+	_, err := send(e.addr(), "demo@icloud.com", []string{"friend@example.com"}, message("spool", strings.Repeat(strings.Repeat("x", 998)+"\r\n", 200)))
 	if se, ok := err.(*smtp.SMTPError); !ok || se.Code != 451 {
 		t.Fatalf("got %v, want 451 (never 250, never a permanent 5xx)", err)
 	}

@@ -9,9 +9,9 @@ import (
 	"github.com/icloud-relay/icloud-relay/relay/queue"
 )
 
-// The intake of one 4 KiB message: staging it (header fix-ups, the data
-// file) and, as the relay does when it answers after the local commit,
-// committing it (fsyncs). allocs/op shows a regression on the hot path.
+// The intake of one 4 KiB message: staging it (header fix-ups; the data
+// held in memory) and, as the relay does when it answers after the local
+// commit, committing it (the data file written, fsyncs). allocs/op shows a regression on the hot path.
 //
 //	go test -run '^$' -bench Intake -benchmem ./relay/
 func BenchmarkIntake(b *testing.B) {

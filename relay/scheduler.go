@@ -398,7 +398,7 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 			s.finish(it, log, false, func() { s.release(it, false, Outcome{}) })
 			continue
 		}
-		body, err := s.q.Body(m.ID)
+		body, err := s.body(it)
 		if err != nil {
 			s.finish(it, log, false, func() { s.failLocal(it, log, fmt.Sprintf("message data unreadable: %v", err)) })
 			continue
@@ -423,6 +423,18 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 		bodies[i].Close()
 		s.fileDelivery(ctx, ready[i], logs[i], d, now)
 	}
+}
+
+// body opens a message's data: a staged one's where its door staged it
+// (perhaps in memory), a queued one's in the queue.
+func (s *Scheduler) body(it *item) (io.ReadCloser, error) {
+	s.mu.Lock()
+	st := it.staged
+	s.mu.Unlock()
+	if st != nil {
+		return st.Open()
+	}
+	return s.q.Body(it.msg.ID)
 }
 
 // remove takes a message the upstream has whole out of the queue: the one

@@ -463,7 +463,7 @@ func TestAStagedMessageHasOneOwner(t *testing.T) {
 		s, _, clock, q := schedulerWith(t, func(string) error { return replied(upstream.StageData, 451, "later") })
 		m, st := stagedMessage(t, q, clock, "fails")
 		closed(t, "the attempt", s.Submit(m, st))
-		if got := filesOf(t, q, m.ID); strings.Join(got, " ") != "active/"+m.ID+".eml" {
+		if got := filesOf(t, q, m.ID); len(got) != 0 { // its data is in memory
 			t.Fatalf("the worker settled a message its door owns: %v", got)
 		}
 		o, err := s.Settle(m.ID)

@@ -166,25 +166,35 @@ func firstBefore(t *testing.T, what string, log []string, a, b string) {
 // in active/, so its data must be synced before, the metadata written
 // through a synced temp file and a rename, and the rename made durable by
 // syncing the directory, all before Enqueue returns (before the 250).
+// Staged data held in memory is written at the commit, a bigger one's as
+// it arrives; the order is the same.
 func TestCommitOrder(t *testing.T) {
-	for _, staged := range []bool{false, true} {
+	small, big := "Subject: s\r\n\r\nbody\r\n", "Subject: s\r\n\r\n"+strings.Repeat("x", memMessage)+"\r\n"
+	for _, c := range []struct {
+		name   string
+		staged bool
+		body   string
+	}{{"enqueued", false, small}, {"staged in memory", true, small}, {"staged in a file", true, big}} {
 		q, r := recorded(t)
 		m := newMsg()
 		m.ID = "20260101T000000-aaaaaaaaaaaa"
-		if staged {
-			st, err := q.Stage(m, strings.NewReader("Subject: s\r\n\r\nbody\r\n"))
+		if c.staged {
+			st, err := q.Stage(m, strings.NewReader(c.body))
 			if err != nil {
 				t.Fatal(err)
+			}
+			if created := index(r.log, "create active/"+m.ID+".eml") >= 0; created != (len(c.body) > memMessage) {
+				t.Errorf("%s: data file created at staging: %v", c.name, created)
 			}
 			if err := q.Commit(st, m); err != nil {
 				t.Fatal(err)
 			}
-		} else if err := q.Enqueue(m, strings.NewReader("Subject: s\r\n\r\nbody\r\n")); err != nil {
+		} else if err := q.Enqueue(m, strings.NewReader(c.body)); err != nil {
 			t.Fatal(err)
 		}
 		log := r.steps()
-		firstBefore(t, "commit", log, "sync active/"+m.ID+".eml", "rename tmp/"+m.ID+".json-* active/"+m.ID+".json")
-		inOrder(t, "commit", log,
+		firstBefore(t, c.name, log, "sync active/"+m.ID+".eml", "rename tmp/"+m.ID+".json-* active/"+m.ID+".json")
+		inOrder(t, c.name, log,
 			"create active/"+m.ID+".eml",
 			"write active/"+m.ID+".eml",
 			"sync active/"+m.ID+".eml",
@@ -193,35 +203,72 @@ func TestCommitOrder(t *testing.T) {
 			"sync tmp/"+m.ID+".json-*",
 			"rename tmp/"+m.ID+".json-* active/"+m.ID+".json",
 			"syncdir active")
+		if got, _ := os.ReadFile(filepath.Join(q.active, m.ID+".eml")); string(got) != c.body {
+			t.Errorf("%s: the committed data is %d bytes, want the %d sent", c.name, len(got), len(c.body))
+		}
 	}
 }
 
-// Re-encoded data (Rewrite) takes the staged data's place: the new file is
-// what is synced at the commit, under its final name.
+// Re-encoded data (Rewrite) takes the staged data's place, in memory or
+// in a file, whichever the new size needs: what is synced at the commit,
+// under its final name, is the new data.
 func TestRewrittenDataIsSyncedBeforeTheMetadata(t *testing.T) {
-	q, r := recorded(t)
-	m := newMsg()
-	m.ID = "20260101T000000-bbbbbbbbbbbb"
-	st, err := q.Stage(m, strings.NewReader("Subject: s\r\n\r\nlong\r\n"))
-	if err != nil {
-		t.Fatal(err)
+	small, big := "Subject: s\r\n\r\nlong\r\n", "Subject: s\r\n\r\n"+strings.Repeat("x", memMessage)+"\r\n"
+	for _, c := range []struct {
+		name     string
+		from, to string
+		steps    []string
+	}{
+		{"memory to memory", small, small + "rewritten\r\n", nil},
+		{"memory to a file", small, big, []string{"create tmp/ID-*", "rename tmp/ID-* active/ID.eml"}},
+		{"a file to a file", big, big + "rewritten\r\n", []string{"create active/ID.eml", "create tmp/ID-*", "rename tmp/ID-* active/ID.eml"}},
+		{"a file to memory", big, small, []string{"create active/ID.eml", "remove active/ID.eml", "create active/ID.eml", "write active/ID.eml"}},
+	} {
+		q, r := recorded(t)
+		m := newMsg()
+		m.ID = "20260101T000000-bbbbbbbbbbbb"
+		st, err := q.Stage(m, strings.NewReader(c.from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Rewrite(st, m, func(open func() (io.Reader, error), w io.Writer) error {
+			r, err := open()
+			if err != nil {
+				return err
+			}
+			if got, _ := io.ReadAll(r); string(got) != c.from {
+				t.Errorf("%s: rewrite read %d bytes, want the %d staged", c.name, len(got), len(c.from))
+			}
+			_, err = io.WriteString(w, c.to)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if m.Size != int64(len(c.to)) {
+			t.Errorf("%s: size %d after the rewrite, want %d", c.name, m.Size, len(c.to))
+		}
+		if err := q.Commit(st, m); err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for _, s := range c.steps {
+			want = append(want, strings.ReplaceAll(s, "ID", m.ID))
+		}
+		want = append(want,
+			"sync active/"+m.ID+".eml",
+			"rename tmp/"+m.ID+".json-* active/"+m.ID+".json",
+			"syncdir active")
+		inOrder(t, c.name, r.steps(), want...)
+		if got, _ := os.ReadFile(filepath.Join(q.active, m.ID+".eml")); string(got) != c.to {
+			t.Errorf("%s: the committed data is %d bytes, want the %d rewritten", c.name, len(got), len(c.to))
+		}
+		if tmp, _ := os.ReadDir(q.tmp); len(tmp) != 0 {
+			t.Errorf("%s: temp files left: %v", c.name, tmp)
+		}
+		if used := q.mem.used.Load(); used != 0 {
+			t.Errorf("%s: %d bytes of the memory budget still held after the commit", c.name, used)
+		}
 	}
-	if err := q.Rewrite(st, m, func(_ func() (io.Reader, error), w io.Writer) error {
-		_, err := io.WriteString(w, "Subject: s\r\n\r\nrewritten\r\n")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Commit(st, m); err != nil {
-		t.Fatal(err)
-	}
-	log := r.steps()
-	inOrder(t, "rewrite and commit", log,
-		"create tmp/"+m.ID+"-*",
-		"rename tmp/"+m.ID+"-* active/"+m.ID+".eml",
-		"sync active/"+m.ID+".eml",
-		"rename tmp/"+m.ID+".json-* active/"+m.ID+".json",
-		"syncdir active")
 }
 
 // A delivered message loses its metadata first: a crash between the two

@@ -11,7 +11,7 @@
 // A message's states, and who may change its files in each (one owner at
 // a time; ARCHITECTURE.md has the whole table):
 //
-//	staged     .eml only            the door that staged it (Commit or Discard, once)
+//	staged     in memory, or .eml   the door that staged it (Commit or Discard, once)
 //	queued     .eml + .json         the scheduler
 //	sending    as queued            one delivery worker
 //	delivered  removed (.json first) —
@@ -22,8 +22,8 @@
 //     and fsynced first; the .json last, through a temp file, fsync and
 //     rename, followed by an fsync of the directory. Enqueue (or Stage and
 //     Commit) returns only after all of that, so a 250 "queued" to the
-//     client means the message is on disk. A staged .eml without .json is
-//     not a message yet.
+//     client means the message is on disk. A staged message (its data in
+//     memory, or an .eml without .json) is not a message yet.
 //   - Every state change rewrites the .json atomically (temp, fsync, rename).
 //   - Delivered messages lose their .json first, so a crash leaves at worst
 //     an orphaned .eml, which Recover removes.
@@ -166,6 +166,7 @@ type Queue struct {
 	dir, tmp, active, failed string
 	tightened                []string
 	fs                       fileSystem
+	mem                      memory // for staged data (staged.go)
 }
 
 // Open creates the directory layout if needed, owner-only: queued mail is
@@ -211,176 +212,6 @@ func (q *Queue) Enqueue(m *Message, body io.Reader) error {
 		return err
 	}
 	return q.Commit(st, m)
-}
-
-// Staged is a message whose data is written but not yet durable, and
-// which has no metadata: not yet a message (a restart removes it). It is
-// settled once, by Commit or Discard; settling it again repeats the first
-// answer and touches nothing.
-type Staged struct {
-	f     file
-	id    string
-	state stagedState
-	err   error // why the commit failed (commitFailed)
-}
-
-type stagedState int
-
-const (
-	staged stagedState = iota
-	committed
-	discarded
-	commitFailed // nothing of it is left
-)
-
-// ErrDiscarded answers a Commit of a staged message already discarded.
-var ErrDiscarded = errors.New("the staged message was discarded")
-
-// ErrCommitted answers a Discard of a staged message already committed:
-// it is a message now, removed only by Delete.
-var ErrCommitted = errors.New("the staged message is committed")
-
-// Stage writes the message data like Enqueue and fills in m, but does not
-// make it durable. Commit makes it a message; Discard drops it. A relay
-// about to hand a message upstream while its client waits stages it, and
-// commits only if the upstream does not take it at once: what the upstream
-// has accepted needs no local copy, and three fsyncs are saved.
-func (q *Queue) Stage(m *Message, body io.Reader) (*Staged, error) {
-	now := time.Now()
-	m.Version, m.Received = Version, now
-	if m.ID == "" {
-		m.ID = NewID(now)
-	}
-	if m.NextAttempt.IsZero() {
-		m.NextAttempt = now
-	}
-	// The data goes straight to its place: without its metadata it is not
-	// a message, and Recover removes it.
-	dataPath := q.dataPath(q.active, m.ID)
-	f, err := q.fs.OpenFile(dataPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return nil, &Error{Op: "create", ID: m.ID, Err: err}
-	}
-	n, err := io.Copy(f, body)
-	if err != nil {
-		f.Close()
-		q.fs.Remove(dataPath)
-		return nil, &Error{Op: "write", ID: m.ID, Err: err}
-	}
-	m.Size = n
-	return &Staged{f: f, id: m.ID}, nil
-}
-
-// Rewrite replaces a staged message's data with what rewrite makes of it
-// (the intake re-encodes long lines so), and updates m.Size. rewrite gets
-// a function that opens the staged data from its start, as often as it
-// needs. The new data takes the old one's place by a rename, which is
-// safe: a staged message has no metadata yet. On error the staged message
-// is left as it was, and the error is rewrite's own (unwrapped), so the
-// caller can tell a refusal from a failure to write.
-func (q *Queue) Rewrite(st *Staged, m *Message, rewrite func(open func() (io.Reader, error), w io.Writer) error) error {
-	path := st.f.Name()
-	var opened []*os.File
-	defer func() {
-		for _, f := range opened {
-			f.Close()
-		}
-	}()
-	open := func() (io.Reader, error) {
-		f, err := os.Open(path)
-		if err != nil {
-			return nil, &Error{Op: "read", ID: st.id, Err: err}
-		}
-		opened = append(opened, f)
-		return f, nil
-	}
-	tmp, err := q.fs.CreateTemp(q.tmp, st.id+"-*.eml")
-	if err != nil {
-		return &Error{Op: "create", ID: st.id, Err: err}
-	}
-	if err := rewrite(open, tmp); err != nil {
-		tmp.Close()
-		q.fs.Remove(tmp.Name())
-		return err
-	}
-	info, err := tmp.Stat()
-	if err == nil {
-		// On Windows an open file can be neither replaced nor renamed:
-		// close every handle first, and open the new data again after.
-		for _, f := range opened {
-			f.Close()
-		}
-		opened = nil
-		st.f.Close()
-		if err = tmp.Close(); err == nil {
-			err = q.fs.Rename(tmp.Name(), path)
-		}
-	}
-	if err != nil {
-		tmp.Close()
-		q.fs.Remove(tmp.Name())
-		return &Error{Op: "rewrite", ID: st.id, Err: err}
-	}
-	// Read-write: Commit syncs it, which Windows allows only so.
-	f, err := q.fs.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return &Error{Op: "rewrite", ID: st.id, Err: err}
-	}
-	st.f, m.Size = f, info.Size()
-	return nil
-}
-
-// Commit makes a staged message durable: the data is synced, then m, its
-// metadata, written. On failure nothing of it is left. A second Commit
-// returns the first one's answer (ErrDiscarded after a Discard).
-func (q *Queue) Commit(st *Staged, m *Message) error {
-	switch st.state {
-	case committed:
-		return nil
-	case discarded:
-		return ErrDiscarded
-	case commitFailed:
-		return st.err
-	}
-	if st.err = q.commit(st, m); st.err != nil {
-		st.state = commitFailed
-		return st.err
-	}
-	st.state = committed
-	return nil
-}
-
-func (q *Queue) commit(st *Staged, m *Message) error {
-	err := st.f.Sync()
-	if cerr := st.f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		q.fs.Remove(q.dataPath(q.active, st.id))
-		return &Error{Op: "fsync", ID: st.id, Err: err}
-	}
-	if err := q.writeMeta(q.active, m); err != nil {
-		q.fs.Remove(q.dataPath(q.active, st.id))
-		return err
-	}
-	return nil
-}
-
-// Discard removes a staged message (the upstream has it). A Discard after
-// a successful Commit is refused with ErrCommitted and removes nothing.
-func (q *Queue) Discard(st *Staged) error {
-	switch st.state {
-	case committed:
-		return ErrCommitted
-	case discarded, commitFailed:
-		return nil // nothing of it is left
-	}
-	st.state = discarded
-	st.f.Close()
-	if err := q.fs.Remove(q.dataPath(q.active, st.id)); err != nil {
-		return &Error{Op: "delete", ID: st.id, Err: err}
-	}
-	return nil
 }
 
 // Update rewrites m's metadata atomically.

@@ -209,32 +209,43 @@ func TestLargeMessageStreams(t *testing.T) {
 	}
 }
 
-// A staged message is not a message until committed: a restart removes
-// it; Commit makes it one; Discard leaves nothing.
+// A staged message is not a message until committed: a restart forgets
+// it (its data held in memory) or removes its data file; Commit makes it
+// one; Discard leaves nothing.
 func TestStagedMessageLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	q := mustOpen(t, dir)
 	body := "Subject: staged\r\n\r\nbody\r\n"
+	big := "Subject: staged\r\n\r\n" + strings.Repeat("x", memMessage) + "\r\n"
 
-	lost := newMsg()
-	lostStaged, err := q.Stage(lost, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err := q.Body(lost.ID); err != nil {
-		t.Fatalf("a staged message's data is readable for delivery: %v", err)
-	} else {
-		b.Close()
-	}
-	if active, _ := q.Active(); len(active) != 0 {
-		t.Fatalf("staged message listed as queued: %v", active)
-	}
-	// Restart (the process died before committing): nothing remains. A
-	// dead process holds no handle (Windows cannot remove an open file).
-	lostStaged.f.Close()
-	rep, err := mustOpen(t, dir).Recover()
-	if err != nil || rep.OrphansRemoved != 1 {
-		t.Fatalf("recover: %+v %v", rep, err)
+	for _, b := range []string{body, big} {
+		lost := newMsg()
+		lostStaged, err := q.Stage(lost, strings.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r, err := lostStaged.Open(); err != nil {
+			t.Fatalf("a staged message's data is readable for delivery: %v", err)
+		} else if got, _ := io.ReadAll(r); string(got) != b {
+			t.Fatalf("a staged message reads as %d bytes, want the %d staged", len(got), len(b))
+		} else {
+			r.Close()
+		}
+		if active, _ := q.Active(); len(active) != 0 {
+			t.Fatalf("staged message listed as queued: %v", active)
+		}
+		// Restart (the process died before committing): nothing remains. A
+		// dead process holds no handle (Windows cannot remove an open file).
+		if lostStaged.f != nil {
+			lostStaged.f.Close()
+		}
+		rep, err := mustOpen(t, dir).Recover()
+		if want := len(b) / (memMessage + 1); err != nil || rep.OrphansRemoved != want {
+			t.Fatalf("recover after a %d-byte message was staged: %+v %v, want %d orphan removed", len(b), rep, err, want)
+		}
+		if lostStaged.path == "" {
+			q.Discard(lostStaged) // the dead process's memory
+		}
 	}
 
 	kept := newMsg()
@@ -252,16 +263,53 @@ func TestStagedMessageLifecycle(t *testing.T) {
 		t.Fatalf("committed: %+v %v", got, err)
 	}
 
-	gone := newMsg()
-	st, err = q.Stage(gone, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Discard(st); err != nil {
-		t.Fatal(err)
+	for _, b := range []string{body, big} {
+		gone := newMsg()
+		st, err = q.Stage(gone, strings.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Discard(st); err != nil {
+			t.Fatal(err)
+		}
 	}
 	entries, _ := os.ReadDir(filepath.Join(dir, "active"))
 	if len(entries) != 2 { // kept's .eml and .json
 		t.Fatalf("active/ holds %d entries, want kept's two", len(entries))
+	}
+	if used := q.mem.used.Load(); used != 0 {
+		t.Fatalf("%d bytes of the memory budget still held with nothing staged", used)
+	}
+}
+
+// The staged data held in memory is bounded in all: past memBudget, more
+// staged messages go to files, and settling them gives the budget back.
+func TestStagedDataInMemoryIsBounded(t *testing.T) {
+	q := mustOpen(t, t.TempDir())
+	body := strings.Repeat("x", memMessage)
+	var sts []*Staged
+	inMemory := 0
+	for range 2 * memBudget / memMessage {
+		st, err := q.Stage(newMsg(), strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.path == "" {
+			inMemory++
+		}
+		sts = append(sts, st)
+	}
+	if inMemory != memBudget/memMessage {
+		t.Fatalf("%d messages of %d bytes held in memory, want %d (the budget)", inMemory, memMessage, memBudget/memMessage)
+	}
+	for i, st := range sts {
+		if i%2 == 0 {
+			q.Discard(st)
+		} else if err := q.Commit(st, newMsg()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if used := q.mem.used.Load(); used != 0 {
+		t.Fatalf("%d bytes of the memory budget still held after every message was settled", used)
 	}
 }

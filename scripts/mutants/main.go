@@ -37,9 +37,12 @@ type mutant struct {
 
 var mutants = []mutant{
 	// Durability: the commit protocol and its order (relay/queue).
-	{name: "queue: no data fsync", file: "relay/queue/queue.go", from: "\terr := st.f.Sync()\n", to: "\tvar err error\n", pkgs: []string{"./relay/queue"}},
+	{name: "queue: no data fsync", file: "relay/queue/staged.go", from: "\terr := f.Sync()\n", to: "\tvar err error\n", pkgs: []string{"./relay/queue"}},
 	{name: "queue: no directory fsync", file: "relay/queue/queue.go", from: "\treturn q.fs.SyncDir(filepath.Dir(path))\n", to: "\treturn nil\n", pkgs: []string{"./relay/queue"}},
-	{name: "queue: metadata before the data sync", file: "relay/queue/queue.go", from: "func (q *Queue) commit(st *Staged, m *Message) error {\n\terr := st.f.Sync()", to: "func (q *Queue) commit(st *Staged, m *Message) error {\n\tq.writeMeta(q.active, m)\n\terr := st.f.Sync()", pkgs: []string{"./relay/queue"}},
+	{name: "queue: metadata before the data sync", file: "relay/queue/staged.go", from: "\terr := f.Sync()\n", to: "\tq.writeMeta(q.active, m)\n\terr := f.Sync()\n", pkgs: []string{"./relay/queue"}},
+	{name: "queue: staged data in memory not written at the commit", file: "relay/queue/staged.go", from: "\t\tif _, err := f.Write(st.mem); err != nil {", to: "\t\tif _, err := f.Write(nil); err != nil {", pkgs: []string{"./relay/queue"}, run: "CommitOrder"},
+	{name: "queue: staged data in memory unbounded", file: "relay/queue/staged.go", from: "\tif b.used.Add(int64(n)) <= memBudget {", to: "\tif b.used.Add(int64(n)) <= 1<<62 {", pkgs: []string{"./relay/queue"}, run: "Bounded"},
+	{name: "queue: a commit keeps its memory", file: "relay/queue/staged.go", from: "\tst.err = q.commit(st, m)\n\tq.mem.release(st.held)\n", to: "\tst.err = q.commit(st, m)\n", pkgs: []string{"./relay/queue"}, run: "Bounded"},
 	{name: "queue: temp metadata not synced", file: "relay/queue/queue.go", from: "\tif werr == nil {\n\t\twerr = f.Sync()\n\t}", to: "", pkgs: []string{"./relay/queue"}},
 	{name: "queue: data removed before metadata", file: "relay/queue/queue.go", from: "func (q *Queue) Delete(id string) error {\n", to: "func (q *Queue) Delete(id string) error {\n\tq.fs.Remove(q.dataPath(q.active, id))\n", pkgs: []string{"./relay/queue"}},
 	{name: "queue: failed move leaves the active metadata", file: "relay/queue/queue.go", from: "\tif err := q.fs.Remove(q.metaPath(q.active, m.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {\n\t\treturn &Error{Op: \"fail\"", to: "\tif err := error(nil); err != nil {\n\t\treturn &Error{Op: \"fail\"", pkgs: []string{"./relay/queue"}},
@@ -87,7 +90,7 @@ var mutants = []mutant{
 	{name: "intake: a full disk answers 451", file: "relay/server.go", from: "\tif errors.Is(err, syscall.ENOSPC) {", to: "\tif false && errors.Is(err, syscall.ENOSPC) {", pkgs: []string{"./app"}, run: "FullDisk"},
 	{name: "intake: a commit's cause lost", file: "relay/scheduler.go", from: "\t\ts.mu.Unlock()\n\t\treturn Outcome{}, err\n", to: "\t\ts.mu.Unlock()\n\t\treturn Outcome{}, errors.New(\"lost\")\n", pkgs: []string{"./app"}, run: "FullDiskBetween"},
 	{name: "scheduler: a worker files a staged message its door owns", file: "relay/scheduler.go", from: "\tcase it.staged != nil:\n\t\tit.parked", to: "\tcase false:\n\t\tit.parked", pkgs: []string{"./relay"}, run: "OneOwner"},
-	{name: "queue: a second commit writes again", file: "relay/queue/queue.go", from: "\tswitch st.state {\n\tcase committed:\n\t\treturn nil\n", to: "\tswitch st.state {\n", pkgs: []string{"./relay/queue"}, run: "SettlingTwice"},
+	{name: "queue: a second commit writes again", file: "relay/queue/staged.go", from: "\tswitch st.state {\n\tcase committed:\n\t\treturn nil\n", to: "\tswitch st.state {\n", pkgs: []string{"./relay/queue"}, run: "SettlingTwice"},
 	{name: "reload: the remembered port forgotten", file: "app/program.go", from: "\t\ta.Remember(p.cfg, ports)\n", to: "\t\t_ = ports\n", pkgs: []string{"./cmd/icloud-relay"}, run: "ReloadApplies"},
 	{name: "reload: the new [log] settings not applied", file: "app/program.go", from: "\ta, err := p.newApp(cfg, log)\n", to: "\ta, err := p.newApp(cfg, p.log)\n", pkgs: []string{"./cmd/icloud-relay"}, run: "ReloadApplies"},
 	{name: "logging: the password not handed to the redactor", file: "config/config.go", from: "\tr.AddLogin(c.Upstream.Username, c.Upstream.Password.Reveal())\n", to: "", pkgs: []string{"./cmd/icloud-relay"}, run: "EchoedPassword"},
