@@ -79,9 +79,9 @@ type Scheduler struct {
 	failing, lastErrAt, lastDelivery time.Time
 	lastErr                          *upstream.Error
 	counts                           Counts
-	// took is a moving average of how long a delivery takes from the
-	// start of its attempt (bulk.go asks whether the upstream is fast).
-	took time.Duration
+	// roundTrip is a moving average of the upstream's round trip
+	// (upstream.Delivery.RoundTrip; bulk.go asks whether it is near).
+	roundTrip time.Duration
 }
 
 type item struct {
@@ -419,9 +419,14 @@ func (s *Scheduler) deliver(ctx context.Context, batch []*item) {
 		}
 	}
 	out := s.up.SendBatch(ctx, msgs)
+	var roundTrip time.Duration // how far the upstream is (bulk.go)
 	for i, d := range out {
 		bodies[i].Close()
+		roundTrip = max(roundTrip, d.RoundTrip)
 		s.fileDelivery(ctx, ready[i], logs[i], d, now)
+	}
+	if roundTrip > 0 {
+		s.measured(roundTrip)
 	}
 }
 
@@ -555,7 +560,6 @@ func (s *Scheduler) file(it *item, log zerolog.Logger, res *upstream.Result, ue 
 			}
 			logging.Delivered(s.log, m, port, took)
 			s.attempted(nil)
-			s.timed(took)
 			s.counted(func(c *Counts) { c.Delivered++ })
 			s.release(it, true, Outcome{Delivered: true})
 			return

@@ -82,11 +82,12 @@ type fakeSender struct {
 	answer func(subject string) error
 	// between, when set, runs after a message's outcome was reported to its
 	// Done, before the next message's reply would be read.
-	between func(subject string)
-	probe   func() error
-	sent    []string // subjects, one per attempt
-	probes  int
-	attempt chan string
+	between   func(subject string)
+	probe     func() error
+	roundTrip func(i int) time.Duration // what the i-th message of a batch measured (upstream.Delivery.RoundTrip)
+	sent      []string                  // subjects, one per attempt
+	probes    int
+	attempt   chan string
 }
 
 func newFakeSender() *fakeSender {
@@ -107,6 +108,9 @@ func (f *fakeSender) SendBatch(_ context.Context, msgs []*upstream.Message) []up
 			out[i].Err = err
 		} else {
 			out[i].Result = &upstream.Result{Refused: map[string]*upstream.Error{}}
+		}
+		if f.roundTrip != nil {
+			out[i].RoundTrip = f.roundTrip(i)
 		}
 		if m.Done != nil {
 			m.Done(out[i])
@@ -168,6 +172,14 @@ var testPolicy = Policy{Workers: 2, RetryMin: 30 * time.Second, RetryMax: time.H
 // messages.
 func schedulerWith(t *testing.T, answer func(string) error, subjects ...string) (*Scheduler, *fakeSender, *fakeClock, *queue.Queue) {
 	t.Helper()
+	up := newFakeSender()
+	up.answer = answer // before the first attempt
+	return schedulerFor(t, up, subjects...)
+}
+
+// schedulerFor is schedulerWith with a sender of the test's own.
+func schedulerFor(t *testing.T, up *fakeSender, subjects ...string) (*Scheduler, *fakeSender, *fakeClock, *queue.Queue) {
+	t.Helper()
 	q, err := queue.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -179,8 +191,6 @@ func schedulerWith(t *testing.T, answer func(string) error, subjects ...string) 
 		}
 	}
 	clock := &fakeClock{now: time.Now()}
-	up := newFakeSender()
-	up.answer = answer // before the first attempt
 	pol := testPolicy
 	pol.Clock = clock
 	s := NewScheduler(q, up, pol, zerolog.New(zerolog.NewTestWriter(t)))
@@ -579,4 +589,36 @@ func TestAStagedMessageHasOneOwner(t *testing.T) {
 			t.Fatalf("%d attempts for 60 messages", len(up.sent))
 		}
 	})
+}
+
+// The upstream is near when its round trip lately was shorter than
+// nearby, however long it worked on each message (without PIPELINING a
+// batch's last message ends long after the batch began): a bulk client
+// waits only for a near one (bulk.go). A round trip measured on one
+// message of a batch stands for the batch.
+func TestNearUpstreamIsAboutTheRoundTrip(t *testing.T) {
+	if NewScheduler(nil, newFakeSender(), testPolicy, zerolog.Nop()).NearUpstream() {
+		t.Fatal("near before anything was sent")
+	}
+	for _, c := range []struct {
+		roundTrip time.Duration
+		near      bool
+	}{{time.Millisecond, true}, {20 * time.Millisecond, false}} {
+		t.Run(fmt.Sprintf("a %v round trip", c.roundTrip), func(t *testing.T) {
+			subjects := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
+			up := newFakeSender()
+			up.roundTrip = func(i int) time.Duration {
+				if i == 0 {
+					return c.roundTrip
+				}
+				return 0 // not measured: sent behind the first
+			}
+			s, _, _, _ := schedulerFor(t, up, subjects...)
+			up.attempts(t, len(subjects))
+			waitFor(t, "every message delivered", func() bool { return s.Len() == 0 })
+			if got := s.NearUpstream(); got != c.near {
+				t.Fatalf("near upstream: %v, want %v", got, c.near)
+			}
+		})
+	}
 }

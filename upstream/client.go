@@ -237,6 +237,11 @@ func (c *Client) trace(stage Stage, port int, format string, args ...any) {
 type Delivery struct {
 	Result *Result
 	Err    error
+	// RoundTrip is how long the server took to answer the message's MAIL
+	// when nothing was sent before it on the connection (the first of a
+	// batch): the network's round trip and the server's quickest reply,
+	// not the work the data costs it (0 when not measured).
+	RoundTrip time.Duration
 }
 
 // Send delivers m. A nil error means every recipient not in Result.Refused
@@ -605,14 +610,30 @@ func (c *Client) auth(client *smtp.Client) error {
 type txn struct {
 	m           *Message
 	res         *Result
-	err         error  // how it ended, when not delivered
-	refusal     *Error // the first recipient refused
-	sent        bool   // its MAIL went out
-	data        bool   // 354 with recipients left: the data follows
-	dot         bool   // 354 with none left: an empty message ends it
-	rset        bool   // an RSET went before its MAIL (chunked batches)
-	mailReplied bool   // the reply to its MAIL was read (chunked batches)
-	n           int64  // data bytes sent
+	err         error         // how it ended, when not delivered
+	refusal     *Error        // the first recipient refused
+	sent        bool          // its MAIL went out
+	data        bool          // 354 with recipients left: the data follows
+	dot         bool          // 354 with none left: an empty message ends it
+	rset        bool          // an RSET went before its MAIL (chunked batches)
+	mailReplied bool          // the reply to its MAIL was read (chunked batches)
+	n           int64         // data bytes sent
+	started     time.Time     // when its MAIL was written
+	first       bool          // nothing went before it on the connection
+	roundTrip   time.Duration // its MAIL to the reply, if first
+}
+
+// delivery is t's outcome as it stands.
+func (t *txn) delivery() Delivery {
+	return Delivery{Result: t.res, Err: t.err, RoundTrip: t.roundTrip}
+}
+
+// mailAnswered notes the time the reply to t's MAIL took, when t went
+// first (Delivery.RoundTrip).
+func (t *txn) mailAnswered() {
+	if t.first {
+		t.roundTrip = time.Since(t.started)
+	}
 }
 
 // reset reports whether the server still holds t's transaction: it ended
@@ -641,7 +662,7 @@ func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
 	txs := make([]*txn, len(msgs))
 	chunked, _ := s.client.Extension("CHUNKING")
 	for i, m := range msgs {
-		txs[i] = &txn{m: m, res: &Result{Port: s.port, Refused: map[string]*Error{}}}
+		txs[i] = &txn{m: m, res: &Result{Port: s.port, Refused: map[string]*Error{}}, first: i == 0}
 		chunked = chunked && m.Size <= maxChunk
 	}
 	if pipelined && chunked {
@@ -652,7 +673,7 @@ func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
 		if t.sent {
 			s.readBegin(t, pipelined)
 		}
-		out[i] = Delivery{Result: t.res, Err: t.err}
+		out[i] = t.delivery()
 		if s.broken != nil {
 			return i
 		}
@@ -677,7 +698,7 @@ func (s *session) sendBatch(msgs []*Message, out []Delivery) int {
 		if (t.data || t.dot) && s.broken == nil {
 			s.readEnd(t)
 		}
-		out[i] = Delivery{Result: t.res, Err: t.err}
+		out[i] = t.delivery()
 		t.m.finish(out[i]) // final: it goes no further, here or elsewhere
 		if s.broken != nil || next == nil {
 			s.dirty = t.reset()
@@ -722,7 +743,7 @@ func (s *session) sendChunked(txs []*txn, out []Delivery) int {
 		if !first {
 			s.w.WriteString("RSET\r\n")
 		}
-		t.sent, t.rset, first = true, !first, false
+		t.sent, t.rset, first, t.started = true, !first, false, time.Now()
 		fmt.Fprintf(s.w, "MAIL FROM:<%s>%s\r\n", t.m.From, s.mailParams(t.m))
 		for _, rcpt := range t.m.To {
 			fmt.Fprintf(s.w, "RCPT TO:<%s>\r\n", rcpt)
@@ -735,7 +756,7 @@ func (s *session) sendChunked(txs []*txn, out []Delivery) int {
 		if t.sent {
 			s.readChunked(t)
 		}
-		out[i] = Delivery{Result: t.res, Err: t.err}
+		out[i] = t.delivery()
 		if s.broken == nil {
 			t.m.finish(out[i])
 			continue
@@ -814,6 +835,7 @@ func (s *session) readChunked(t *txn) {
 	}
 	m := t.m
 	mailErr := s.read(250)
+	t.mailAnswered()
 	if s.broken != nil {
 		t.err = Classify(StageMail, s.port, eofMeansClosed(mailErr))
 		return
@@ -858,7 +880,7 @@ func (s *session) begin(t *txn, pipelined bool) {
 		return
 	}
 	m := t.m
-	t.sent = true
+	t.sent, t.started = true, time.Now()
 	fmt.Fprintf(s.w, "MAIL FROM:<%s>%s\r\n", m.From, s.mailParams(m))
 	if pipelined {
 		for _, rcpt := range m.To {
@@ -899,7 +921,9 @@ func (s *session) check(t *txn) {
 // DATA first when not pipelined) and decides whether the data follows.
 func (s *session) readBegin(t *txn, pipelined bool) {
 	m := t.m
-	if err := s.read(250); err != nil {
+	err := s.read(250)
+	t.mailAnswered()
+	if err != nil {
 		t.err = Classify(StageMail, s.port, eofMeansClosed(err))
 		if pipelined && s.broken == nil {
 			s.drain(len(m.To))
@@ -935,7 +959,7 @@ func (s *session) readBegin(t *txn, pipelined bool) {
 	if !pipelined {
 		s.w.WriteString("DATA\r\n")
 	}
-	err := s.read(354)
+	err = s.read(354)
 	switch {
 	case err == nil && allRefused:
 		t.err, t.dot = t.refusal, true

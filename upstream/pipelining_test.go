@@ -30,7 +30,8 @@ type scripted struct {
 	port       int
 	roots      *x509.CertPool
 
-	closeAfter int // after this many messages on a connection, answer the next MAIL with 421 and hang up (0: never)
+	closeAfter int           // after this many messages on a connection, answer the next MAIL with 421 and hang up (0: never)
+	mailDelay  time.Duration // before each reply to MAIL: a server far away
 	// beforeAccept, when set, runs before the reply that accepts the n-th
 	// message of a connection (from 0).
 	beforeAccept func(n int)
@@ -146,6 +147,7 @@ func (sc *scripted) serve(c net.Conn) {
 				return
 			}
 			accepted, inMail = 0, sc.mailReply == ""
+			time.Sleep(sc.mailDelay)
 			if !inMail {
 				say(sc.mailReply)
 				continue
@@ -482,5 +484,40 @@ func TestEachMessageIsDoneBeforeTheNextReplyIsRead(t *testing.T) {
 			}
 			sc.check(t)
 		})
+	}
+}
+
+// A delivery's RoundTrip is the network's, not the server's work: this
+// server takes 40 ms over every message's data and answers MAIL at once,
+// or 30 ms late as across a network. The first message of a batch times
+// its MAIL's reply; the others, sent behind it, time nothing. (The relay
+// waits for a bulk message only where the round trip is short, bulk.go.)
+func TestRoundTripIsTheNetworksNotTheServersWork(t *testing.T) {
+	const work, n = 40 * time.Millisecond, 4
+	for _, far := range []time.Duration{0, 30 * time.Millisecond} {
+		for _, mode := range []struct{ pipelining, chunking bool }{{false, false}, {true, false}, {true, true}} {
+			t.Run(fmt.Sprintf("mail %v late,pipelining=%v,chunking=%v", far, mode.pipelining, mode.chunking), func(t *testing.T) {
+				sc := &scripted{pipelining: mode.pipelining, chunking: mode.chunking, mailDelay: far, beforeAccept: func(int) { time.Sleep(work) }}
+				startScripted(t, sc)
+				c := sc.client(t)
+				defer c.CloseIdle()
+				var msgs []*upstream.Message
+				for range n {
+					msgs = append(msgs, &upstream.Message{From: "me@icloud.com", To: []string{"a@example.com"}, Body: strings.NewReader(dotty)})
+				}
+				out := c.SendBatch(context.Background(), msgs)
+				for i, d := range out {
+					switch {
+					case d.Err != nil:
+						t.Errorf("message %d: %v", i, d.Err)
+					case i == 0 && (d.RoundTrip < far || d.RoundTrip >= far+work):
+						t.Errorf("the first message's round trip: %v, want the MAIL reply's %v and not the data's %v", d.RoundTrip, far, work)
+					case i > 0 && d.RoundTrip != 0:
+						t.Errorf("message %d, sent behind the first, timed a round trip of %v", i, d.RoundTrip)
+					}
+				}
+				sc.check(t)
+			})
+		}
 	}
 }
