@@ -131,7 +131,7 @@ func (q *Queue) Requeue(id string) (*Message, error) {
 // SaveState stores a small piece of relay state (e.g. the sending counter)
 // beside the queue, atomically.
 func (q *Queue) SaveState(name string, data []byte) error {
-	if err := q.writeAtomic(filepath.Join(q.dir, name), data); err != nil {
+	if err := q.writeAtomic(filepath.Join(q.dir, name), data, nil); err != nil {
 		return &Error{Op: "save " + name, Err: err}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // recordingFS is the real file system with a log of every step the
@@ -20,6 +21,9 @@ type recordingFS struct {
 	mu  sync.Mutex
 	log []string
 	at  map[*recordedFile]string
+	// beforeSync, when set, runs at the start of every file's Sync with
+	// the file's place; an error from it fails the Sync.
+	beforeSync func(at string) error
 }
 
 type recordedFile struct {
@@ -102,11 +106,23 @@ func (f *recordedFile) Write(p []byte) (int, error) {
 	return f.file.Write(p)
 }
 
+// Sync is logged when it returns: what the order rests on is that a file
+// is on disk before the next step, and the queue syncs data and metadata
+// at once.
 func (f *recordedFile) Sync() error {
+	f.fs.mu.Lock()
+	at, before := f.fs.at[f], f.fs.beforeSync
+	f.fs.mu.Unlock()
+	if before != nil {
+		if err := before(at); err != nil {
+			return err
+		}
+	}
+	err := f.file.Sync()
 	f.fs.mu.Lock()
 	f.fs.add("sync %s", f.fs.at[f])
 	f.fs.mu.Unlock()
-	return f.file.Sync()
+	return err
 }
 
 // recorded opens a queue in a new directory with a recording file system.
@@ -117,6 +133,13 @@ func recorded(t *testing.T) (*Queue, *recordingFS) {
 	r := &recordingFS{dir: dir, at: map[*recordedFile]string{}}
 	q.fs = r
 	return q, r
+}
+
+// stepsSoFar returns the log so far.
+func (r *recordingFS) stepsSoFar() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.log...)
 }
 
 // steps returns the log so far and starts a new one.
@@ -167,7 +190,8 @@ func firstBefore(t *testing.T, what string, log []string, a, b string) {
 // through a synced temp file and a rename, and the rename made durable by
 // syncing the directory, all before Enqueue returns (before the 250).
 // Staged data held in memory is written at the commit, a bigger one's as
-// it arrives; the order is the same.
+// it arrives; the order is the same. The data's fsync may end before or
+// after the metadata's, never after the rename.
 func TestCommitOrder(t *testing.T) {
 	small, big := "Subject: s\r\n\r\nbody\r\n", "Subject: s\r\n\r\n"+strings.Repeat("x", memMessage)+"\r\n"
 	for _, c := range []struct {
@@ -194,10 +218,10 @@ func TestCommitOrder(t *testing.T) {
 		}
 		log := r.steps()
 		firstBefore(t, c.name, log, "sync active/"+m.ID+".eml", "rename tmp/"+m.ID+".json-* active/"+m.ID+".json")
+		inOrder(t, c.name, log, "create active/"+m.ID+".eml", "write active/"+m.ID+".eml", "sync active/"+m.ID+".eml")
 		inOrder(t, c.name, log,
 			"create active/"+m.ID+".eml",
 			"write active/"+m.ID+".eml",
-			"sync active/"+m.ID+".eml",
 			"create tmp/"+m.ID+".json-*",
 			"write tmp/"+m.ID+".json-*",
 			"sync tmp/"+m.ID+".json-*",
@@ -206,6 +230,68 @@ func TestCommitOrder(t *testing.T) {
 		if got, _ := os.ReadFile(filepath.Join(q.active, m.ID+".eml")); string(got) != c.body {
 			t.Errorf("%s: the committed data is %d bytes, want the %d sent", c.name, len(got), len(c.body))
 		}
+	}
+}
+
+// The data's fsync runs beside the metadata's, and the metadata is renamed
+// into place only once the data is on disk: here the data's fsync is held
+// until the metadata's is done, and the rename must wait for it. When the
+// data's fsync fails, nothing of the message is left.
+func TestTheMetadataWaitsForTheDataSync(t *testing.T) {
+	q, r := recorded(t)
+	m := newMsg()
+	m.ID = "20260101T000000-cccccccccccc"
+	metaSynced, release := make(chan struct{}), make(chan struct{})
+	r.beforeSync = func(at string) error {
+		if at == "active/"+m.ID+".eml" {
+			<-release
+		}
+		return nil
+	}
+	st, err := q.Stage(m, strings.NewReader("Subject: s\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() { committed <- q.Commit(st, m) }()
+	go func() {
+		for index(r.stepsSoFar(), "sync tmp/"+m.ID+".json-*") < 0 {
+			time.Sleep(time.Millisecond)
+		}
+		close(metaSynced)
+	}()
+	select {
+	case <-metaSynced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the metadata was not synced while the data's fsync was held")
+	}
+	time.Sleep(20 * time.Millisecond) // a rename that does not wait would come now
+	if i := index(r.stepsSoFar(), "rename tmp/"+m.ID+".json-* active/"+m.ID+".json"); i >= 0 {
+		t.Fatalf("the metadata was renamed into place before the data was synced:\n%s", strings.Join(r.stepsSoFar(), "\n"))
+	}
+	close(release)
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	firstBefore(t, "commit", r.steps(), "sync active/"+m.ID+".eml", "rename tmp/"+m.ID+".json-* active/"+m.ID+".json")
+
+	q, r = recorded(t)
+	r.beforeSync = func(at string) error {
+		if strings.HasSuffix(at, ".eml") {
+			return errors.New("injected: the disk failed")
+		}
+		return nil
+	}
+	st, err = q.Stage(m, strings.NewReader("Subject: s\r\n\r\nbody\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var qe *Error
+	if err := q.Commit(st, m); !errors.As(err, &qe) || qe.Op != "fsync" {
+		t.Fatalf("a failed data fsync: %v, want the queue's fsync error", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(q.dir, "*", "*")); len(left) != 0 {
+		t.Fatalf("a failed data fsync left %v", left)
 	}
 }
 

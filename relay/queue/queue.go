@@ -19,8 +19,9 @@
 //
 // Invariants:
 //   - A message exists once its .json is in active/. The .eml is written
-//     and fsynced first; the .json last, through a temp file, fsync and
-//     rename, followed by an fsync of the directory. Enqueue (or Stage and
+//     and fsynced; the .json is written to a temp file and fsynced (while
+//     the .eml's fsync runs), and renamed into active/ only once both are
+//     on disk, followed by an fsync of the directory. Enqueue (or Stage and
 //     Commit) returns only after all of that, so a 250 "queued" to the
 //     client means the message is on disk. A staged message (its data in
 //     memory, or an .eml without .json) is not a message yet.
@@ -288,19 +289,31 @@ func (q *Queue) dataPath(dir, id string) string { return filepath.Join(dir, id+"
 func (q *Queue) metaPath(dir, id string) string { return filepath.Join(dir, id+".json") }
 
 func (q *Queue) writeMeta(dir string, m *Message) error {
+	return q.writeMetaAfter(dir, m, nil)
+}
+
+// writeMetaAfter is writeMeta whose rename waits for ready (when set): the
+// metadata appears only if ready returns nil, else its error is returned
+// as it is.
+func (q *Queue) writeMetaAfter(dir string, m *Message, ready func() error) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return &Error{Op: "encode", ID: m.ID, Err: err}
 	}
-	if err := q.writeAtomic(q.metaPath(dir, m.ID), b); err != nil {
+	if err := q.writeAtomic(q.metaPath(dir, m.ID), b, ready); err != nil {
+		var qe *Error
+		if errors.As(err, &qe) {
+			return err // ready's
+		}
 		return &Error{Op: "write metadata", ID: m.ID, Err: err}
 	}
 	return nil
 }
 
 // writeAtomic writes data to path through a synced temp file and a rename,
-// then syncs the directory so the rename itself survives a power cut.
-func (q *Queue) writeAtomic(path string, data []byte) error {
+// then syncs the directory so the rename itself survives a power cut. The
+// rename waits for ready, when set: an error from it leaves path as it was.
+func (q *Queue) writeAtomic(path string, data []byte, ready func() error) error {
 	f, err := q.fs.CreateTemp(q.tmp, filepath.Base(path)+"-*")
 	if err != nil {
 		return err
@@ -311,6 +324,9 @@ func (q *Queue) writeAtomic(path string, data []byte) error {
 	}
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
+	}
+	if werr == nil && ready != nil {
+		werr = ready()
 	}
 	if werr == nil {
 		werr = q.fs.Rename(f.Name(), path)

@@ -232,15 +232,33 @@ func (q *Queue) commit(st *Staged, m *Message) error {
 			return &Error{Op: "write", ID: st.id, Err: err}
 		}
 	}
-	err := f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	// The data's fsync runs while the metadata is written and synced (a
+	// file system that batches its journal commits does both in one); the
+	// metadata is renamed into place only once both are on disk.
+	synced := make(chan error, 1)
+	go func() {
+		err := f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		synced <- err
+	}()
+	var dataErr error
+	waited := false
+	dataSynced := func() error {
+		if !waited {
+			dataErr, waited = <-synced, true
+		}
+		if dataErr != nil {
+			return &Error{Op: "fsync", ID: st.id, Err: dataErr}
+		}
+		return nil
+	}
+	err := q.writeMetaAfter(q.active, m, dataSynced)
+	if derr := dataSynced(); err == nil {
+		err = derr // (it is nil when the metadata is in place)
 	}
 	if err != nil {
-		q.fs.Remove(dataPath)
-		return &Error{Op: "fsync", ID: st.id, Err: err}
-	}
-	if err := q.writeMeta(q.active, m); err != nil {
 		q.fs.Remove(dataPath)
 		return err
 	}
