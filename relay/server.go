@@ -297,8 +297,8 @@ func (ss *session) data(r io.Reader) (reply *smtp.SMTPError, failed bool) {
 	// With a sync window an interactive client waits for the first
 	// attempt, and the message stays staged: committed to disk only when
 	// the upstream does not take it at once (see queue.Stage). A bulk one
-	// is committed and answered at once, unless the upstream is nearer
-	// than a commit takes (bulk.go).
+	// is committed and answered at once, unless the upstream's round trip
+	// is shorter than a commit (bulk.go).
 	window := s.cfg.SyncWindow
 	if bulk && !s.sched.NearUpstream() {
 		window = 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -243,17 +244,12 @@ func (q *Queue) commit(st *Staged, m *Message) error {
 		}
 		synced <- err
 	}()
-	var dataErr error
-	waited := false
-	dataSynced := func() error {
-		if !waited {
-			dataErr, waited = <-synced, true
-		}
-		if dataErr != nil {
-			return &Error{Op: "fsync", ID: st.id, Err: dataErr}
+	dataSynced := sync.OnceValue(func() error {
+		if err := <-synced; err != nil {
+			return &Error{Op: "fsync", ID: st.id, Err: err}
 		}
 		return nil
-	}
+	})
 	err := q.writeMetaAfter(q.active, m, dataSynced)
 	if derr := dataSynced(); err == nil {
 		err = derr // (it is nil when the metadata is in place)

@@ -40,7 +40,7 @@ var mutants = []mutant{
 	{name: "queue: no data fsync", file: "relay/queue/staged.go", from: "\t\terr := f.Sync()\n", to: "\t\tvar err error\n", pkgs: []string{"./relay/queue"}},
 	{name: "queue: no directory fsync", file: "relay/queue/queue.go", from: "\treturn q.fs.SyncDir(filepath.Dir(path))\n", to: "\treturn nil\n", pkgs: []string{"./relay/queue"}},
 	{name: "queue: metadata before the data sync", file: "relay/queue/queue.go", from: "\tif werr == nil && ready != nil {\n\t\twerr = ready()\n\t}\n", to: "", pkgs: []string{"./relay/queue"}},
-	{name: "queue: a failed data fsync ignored", file: "relay/queue/staged.go", from: "\t\tif dataErr != nil {\n", to: "\t\tif false {\n", pkgs: []string{"./relay/queue"}},
+	{name: "queue: a failed data fsync ignored", file: "relay/queue/staged.go", from: "\t\tif err := <-synced; err != nil {\n", to: "\t\tif err := <-synced; err != nil && false {\n", pkgs: []string{"./relay/queue"}},
 	{name: "queue: staged data in memory not written at the commit", file: "relay/queue/staged.go", from: "\t\tif _, err := f.Write(st.mem); err != nil {", to: "\t\tif _, err := f.Write(nil); err != nil {", pkgs: []string{"./relay/queue"}, run: "CommitOrder"},
 	{name: "queue: staged data in memory unbounded", file: "relay/queue/staged.go", from: "\tif b.used.Add(int64(n)) <= memBudget {", to: "\tif b.used.Add(int64(n)) <= 1<<62 {", pkgs: []string{"./relay/queue"}, run: "Bounded"},
 	{name: "queue: a commit keeps its memory", file: "relay/queue/staged.go", from: "\tst.err = q.commit(st, m)\n\tq.mem.release(st.held)\n", to: "\tst.err = q.commit(st, m)\n", pkgs: []string{"./relay/queue"}, run: "Bounded"},
