@@ -2,14 +2,13 @@ package app_test
 
 import (
 	"bufio"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -50,20 +49,12 @@ func startAiosmtpd(t *testing.T) *aiosmtpd {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := x509.MarshalPKCS8PrivateKey(leaf.PrivateKey)
-	if err != nil {
+	a := &aiosmtpd{caFile: filepath.Join(dir, "ca.pem"), user: "sender@aiosmtpd.test", pw: "aiosmtpd-pass-0042", out: filepath.Join(dir, "out")}
+	if err := certs.WriteKeyPair(leaf, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")); err != nil {
 		t.Fatal(err)
 	}
-	a := &aiosmtpd{caFile: filepath.Join(dir, "ca.pem"), user: "sender@aiosmtpd.test", pw: "aiosmtpd-pass-0042", out: filepath.Join(dir, "out")}
-	files := map[string][]byte{
-		"ca.pem":   ca.PEM,
-		"cert.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Certificate[0]}),
-		"key.pem":  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: key}),
-	}
-	for name, b := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.WriteFile(a.caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	os.Mkdir(a.out, 0o700)
 	a.starttls, a.tls = freePort(t), freePort(t)
@@ -104,12 +95,9 @@ func startAiosmtpd(t *testing.T) *aiosmtpd {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // taken returns what the server has taken, in order.

@@ -126,20 +126,29 @@ func LoadOrCreateSelfSigned(dir string, names ...string) (tls.Certificate, error
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return tls.Certificate{}, fmt.Errorf("create %s: %w", dir, err)
 	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return tls.Certificate{}, fmt.Errorf("write local TLS key: %w", err)
-	}
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o644); err != nil {
-		return tls.Certificate{}, fmt.Errorf("write local TLS certificate: %w", err)
+	if err := WriteKeyPair(c, certFile, keyFile); err != nil {
+		return tls.Certificate{}, fmt.Errorf("local TLS certificate: %w", err)
 	}
 	return c, nil
+}
+
+// WriteKeyPair writes c's certificate and private key as PEM files, the key
+// readable by the owner only.
+func WriteKeyPair(c tls.Certificate, certFile, keyFile string) error {
+	keyDER, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return fmt.Errorf("write key: %w", err)
+	}
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]}), 0o644); err != nil {
+		return fmt.Errorf("write certificate: %w", err)
+	}
+	return nil
 }
 
 func serial() *big.Int {
