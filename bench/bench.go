@@ -9,7 +9,8 @@
 //
 // It reports messages per second, client p50/p99 latency, end-to-end time
 // until the upstream has every message, upstream logins per 1,000 messages,
-// and the relay's idle RSS and RSS growth while relaying one 20 MiB message.
+// and the relay's idle RSS and RSS growth while relaying one 20 MiB message;
+// and, when asked (Options.Latencies), every message's timing as CSV.
 package bench
 
 import (
@@ -17,6 +18,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/csv"
 	"fmt"
 	"io"
 	"net"
@@ -54,6 +56,9 @@ type Options struct {
 	// in-process stand-in (another stand-in, a test server of your own).
 	Upstream *External
 	Out      io.Writer
+	// Latencies, when set, gets every message's timing as CSV (see
+	// writeTimings), for looking at where a tail comes from.
+	Latencies io.Writer
 }
 
 // External is an upstream of the user's: its host, ports, the CA that
@@ -143,21 +148,33 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	cpu := func() time.Duration { return cpuOf("self") + cpuOf(relayPID) }
 	relayCPU := func() time.Duration { return cpuOf(relayPID) }
 	rounds := max(o.Rounds, 1)
+	var timings *csv.Writer
+	if o.Latencies != nil {
+		timings = csv.NewWriter(o.Latencies)
+		timings.Write([]string{"mode", "concurrency", "round", "start_us", "latency_us", "refused"})
+	}
 	for _, c := range o.Concurrency {
 		// The modes take turns in rounds (direct, relay, relay, direct, ...)
 		// so that a noisy neighbour on a shared machine slows both alike.
 		var d, r sample
 		per := max(o.Messages/rounds, 1)
 		for i := 0; i < rounds; i++ {
+			runDirect := func() { d.add(writeTimings(timings, "direct", c, i, run(per, c, up.direct, direct, cpu, nil))) }
+			runRelay := func() { r.add(writeTimings(timings, "relay", c, i, run(per, c, relayed, viaRelay, cpu, relayCPU))) }
 			if i%2 == 0 {
-				d.add(run(per, c, up.direct, direct, cpu, nil))
-				r.add(run(per, c, relayed, viaRelay, cpu, relayCPU))
+				runDirect()
+				runRelay()
 			} else {
-				r.add(run(per, c, relayed, viaRelay, cpu, relayCPU))
-				d.add(run(per, c, up.direct, direct, cpu, nil))
+				runRelay()
+				runDirect()
 			}
 		}
 		rep.Results = append(rep.Results, d.result("direct", c), r.result("relay", c))
+	}
+	if timings != nil {
+		if timings.Flush(); timings.Error() != nil {
+			return nil, fmt.Errorf("latencies: %w", timings.Error())
+		}
 	}
 	rep.print(o.Out)
 	return rep, nil
@@ -243,10 +260,34 @@ func external(e *External) (*upstream, error) {
 type sample struct {
 	sent, refused, logins int
 	lat                   []time.Duration
+	each                  []timing // in the order the messages were answered
 	client, endToEnd      time.Duration
 	cpu                   time.Duration // both processes, client and stand-in included
 	relayCPU              time.Duration // the relay's alone
 	rounds                []time.Duration
+}
+
+// timing is one message's: when its client started it (from the round's
+// start), how long until its answer, and whether it was refused.
+type timing struct {
+	start, took time.Duration
+	refused     bool
+}
+
+// writeTimings writes s's messages to w (when set) as CSV lines: mode,
+// concurrency, round (from 0), start_us (the client's start, from the
+// round's), latency_us (until the client had its answer), refused (0/1).
+func writeTimings(w *csv.Writer, mode string, c, round int, s sample) sample {
+	if w != nil {
+		for _, t := range s.each {
+			refused := "0"
+			if t.refused {
+				refused = "1"
+			}
+			w.Write([]string{mode, strconv.Itoa(c), strconv.Itoa(round), strconv.FormatInt(t.start.Microseconds(), 10), strconv.FormatInt(t.took.Microseconds(), 10), refused})
+		}
+	}
+	return s
 }
 
 func (a *sample) add(b sample) {
@@ -297,6 +338,7 @@ func run(n, c int, up view, send func() error, cpu, relayCPU func() time.Duratio
 				err := send()
 				d := time.Since(t)
 				mu.Lock()
+				out.each = append(out.each, timing{start: t.Sub(start), took: d, refused: err != nil})
 				if err != nil {
 					out.refused++
 				} else {

@@ -3,10 +3,13 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,10 +24,10 @@ func TestBenchmarkSmoke(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/icloud-relay").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	var out bytes.Buffer
+	var out, timings bytes.Buffer
 	profile := filepath.Join(t.TempDir(), "relay.pprof")
 	rep, err := Run(context.Background(), Options{Binary: bin, Concurrency: []int{1, 4}, Messages: 20, Rounds: 2, MessageSize: 4096,
-		SyncWindow: "10s", BigMessage: true, CPUProfile: profile, Out: &out})
+		SyncWindow: "10s", BigMessage: true, CPUProfile: profile, Latencies: &timings, Out: &out})
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
@@ -48,6 +51,64 @@ func TestBenchmarkSmoke(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "relay / direct") || strings.Count(out.String(), "end to end per round:") != 2 {
 		t.Fatal("no ratios, or none per round, printed")
+	}
+	checkTimings(t, timings.String(), rep)
+}
+
+// checkTimings reads Options.Latencies' CSV: a line per message of every
+// mode, concurrency and round, whose latencies are the ones the report's
+// p50 came from, and whose serial client started each message after the
+// one before was answered.
+func checkTimings(t *testing.T, text string, rep *Report) {
+	t.Helper()
+	rows, err := csv.NewReader(strings.NewReader(text)).ReadAll()
+	if err != nil || len(rows) == 0 {
+		t.Fatalf("latencies CSV: %v\n%s", err, text)
+	}
+	if got := strings.Join(rows[0], ","); got != "mode,concurrency,round,start_us,latency_us,refused" {
+		t.Fatalf("latencies header: %s", got)
+	}
+	type key struct {
+		mode     string
+		c, round int
+	}
+	perRun := map[key]int{}
+	lat := map[key][]int64{} // round -1: all rounds
+	lastEnd := map[key]int64{}
+	for _, r := range rows[1:] {
+		c, _ := strconv.Atoi(r[1])
+		round, _ := strconv.Atoi(r[2])
+		start, err1 := strconv.ParseInt(r[3], 10, 64)
+		took, err2 := strconv.ParseInt(r[4], 10, 64)
+		if err1 != nil || err2 != nil || start < 0 || took <= 0 || r[5] != "0" {
+			t.Fatalf("latencies row %v", r)
+		}
+		k := key{r[0], c, round}
+		perRun[k]++
+		all := key{r[0], c, -1}
+		lat[all] = append(lat[all], took)
+		if c == 1 {
+			if start < lastEnd[k] {
+				t.Fatalf("a serial client's message started at %d µs, before the one before it was answered (%d µs): %v", start, lastEnd[k], r)
+			}
+			lastEnd[k] = start + took
+		}
+	}
+	for _, mode := range []string{"direct", "relay"} {
+		for _, c := range []int{1, 4} {
+			for round := 0; round < 2; round++ {
+				if n := perRun[key{mode, c, round}]; n != 10 {
+					t.Errorf("%s, c=%d, round %d: %d lines, want 10", mode, c, round, n)
+				}
+			}
+		}
+	}
+	for _, r := range rep.Results {
+		l := lat[key{r.Mode, r.Concurrency, -1}]
+		slices.Sort(l)
+		if len(l) == 0 || l[len(l)/2] != r.P50.Microseconds() {
+			t.Errorf("%s, c=%d: the lines' median %v µs, the report's p50 %v", r.Mode, r.Concurrency, l, r.P50)
+		}
 	}
 }
 

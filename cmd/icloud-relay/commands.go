@@ -329,6 +329,7 @@ func benchCmd(args []string) int {
 	useRSA := fs.Bool("rsa", false, "the stand-in serves an RSA 2048 certificate (default ECDSA P-256)")
 	latency := fs.Duration("latency", 0, "round-trip time added to the stand-in's replies, as across a network (e.g. 10ms)")
 	cpuProfile := fs.String("cpuprofile", "", "write the relay process's CPU profile to `file` (go tool pprof)")
+	latencies := fs.String("latencies", "", "write every message's timing to `file` as CSV: mode, concurrency, round, start_us, latency_us, refused")
 	var ext bench.External
 	fs.StringVar(&ext.Host, "upstream", "", "measure against this upstream `host` instead of the in-process stand-in (a test server of yours: both modes send it real messages)")
 	fs.IntVar(&ext.StartTLSPort, "starttls-port", 587, "with --upstream: its STARTTLS port")
@@ -372,12 +373,30 @@ func benchCmd(args []string) int {
 		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
 	}
+	var timings io.Writer
+	var timingsFile *os.File
+	if *latencies != "" {
+		f, err := os.Create(*latencies)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "icloud-relay bench: --latencies: %v\n", err)
+			return exitFailure
+		}
+		defer f.Close() // (a second Close after the one below does nothing)
+		timings, timingsFile = f, f
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if _, err := bench.Run(ctx, bench.Options{Binary: self, Concurrency: levels, Messages: *n, Rounds: *rounds, MessageSize: *size,
-		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Latency: *latency, Upstream: upstream, CPUProfile: *cpuProfile, Out: os.Stdout}); err != nil {
+		SyncWindow: *sync, BigMessage: *big, RSA: *useRSA, Latency: *latency, Upstream: upstream, CPUProfile: *cpuProfile,
+		Latencies: timings, Out: os.Stdout}); err != nil {
 		fmt.Fprintf(os.Stderr, "icloud-relay bench: %v\n", err)
 		return exitFailure
+	}
+	if timingsFile != nil {
+		if err := timingsFile.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "icloud-relay bench: --latencies: %v\n", err)
+			return exitFailure
+		}
 	}
 	return exitOK
 }
