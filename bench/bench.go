@@ -27,7 +27,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -259,7 +259,6 @@ func external(e *External) (*upstream, error) {
 // sample is what rounds of one mode measured.
 type sample struct {
 	sent, refused, logins int
-	lat                   []time.Duration
 	each                  []timing // in the order the messages were answered
 	client, endToEnd      time.Duration
 	cpu                   time.Duration // both processes, client and stand-in included
@@ -294,7 +293,7 @@ func (a *sample) add(b sample) {
 	a.sent += b.sent
 	a.refused += b.refused
 	a.logins += b.logins
-	a.lat = append(a.lat, b.lat...)
+	a.each = append(a.each, b.each...)
 	a.client += b.client
 	a.endToEnd += b.endToEnd
 	a.cpu += b.cpu
@@ -305,9 +304,15 @@ func (a *sample) add(b sample) {
 func (a *sample) result(mode string, c int) Result {
 	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused, EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu, RelayCPU: a.relayCPU, Rounds: a.rounds}
 	r.Rate = float64(a.sent-a.refused) / a.client.Seconds()
-	sort.Slice(a.lat, func(i, j int) bool { return a.lat[i] < a.lat[j] })
-	if len(a.lat) > 0 {
-		r.P50, r.P99 = a.lat[len(a.lat)/2], a.lat[min(len(a.lat)-1, len(a.lat)*99/100)]
+	var lat []time.Duration // of the messages taken
+	for _, t := range a.each {
+		if !t.refused {
+			lat = append(lat, t.took)
+		}
+	}
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		r.P50, r.P99 = lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)]
 	}
 	return r
 }
@@ -341,8 +346,6 @@ func run(n, c int, up view, send func() error, cpu, relayCPU func() time.Duratio
 				out.each = append(out.each, timing{start: t.Sub(start), took: d, refused: err != nil})
 				if err != nil {
 					out.refused++
-				} else {
-					out.lat = append(out.lat, d)
 				}
 				mu.Unlock()
 			}
