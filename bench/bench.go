@@ -258,12 +258,12 @@ func external(e *External) (*upstream, error) {
 
 // sample is what rounds of one mode measured.
 type sample struct {
-	sent, refused, logins int
-	each                  []timing // in the order the messages were answered
-	client, endToEnd      time.Duration
-	cpu                   time.Duration // both processes, client and stand-in included
-	relayCPU              time.Duration // the relay's alone
-	rounds                []time.Duration
+	sent, logins     int
+	each             []timing // in the order the messages were answered
+	client, endToEnd time.Duration
+	cpu              time.Duration // both processes, client and stand-in included
+	relayCPU         time.Duration // the relay's alone
+	rounds           []time.Duration
 }
 
 // timing is one message's: when its client started it (from the round's
@@ -291,7 +291,6 @@ func writeTimings(w *csv.Writer, mode string, c, round int, s sample) sample {
 
 func (a *sample) add(b sample) {
 	a.sent += b.sent
-	a.refused += b.refused
 	a.logins += b.logins
 	a.each = append(a.each, b.each...)
 	a.client += b.client
@@ -301,9 +300,20 @@ func (a *sample) add(b sample) {
 	a.rounds = append(a.rounds, b.endToEnd)
 }
 
+// refused counts the messages the clients were refused.
+func (a *sample) refused() int {
+	n := 0
+	for _, t := range a.each {
+		if t.refused {
+			n++
+		}
+	}
+	return n
+}
+
 func (a *sample) result(mode string, c int) Result {
-	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused, EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu, RelayCPU: a.relayCPU, Rounds: a.rounds}
-	r.Rate = float64(a.sent-a.refused) / a.client.Seconds()
+	r := Result{Mode: mode, Concurrency: c, Messages: a.sent, Refused: a.refused(), EndToEnd: a.endToEnd, Logins: a.logins, CPU: a.cpu, RelayCPU: a.relayCPU, Rounds: a.rounds}
+	r.Rate = float64(a.sent-r.Refused) / a.client.Seconds()
 	var lat []time.Duration // of the messages taken
 	for _, t := range a.each {
 		if !t.refused {
@@ -344,16 +354,13 @@ func run(n, c int, up view, send func() error, cpu, relayCPU func() time.Duratio
 				d := time.Since(t)
 				mu.Lock()
 				out.each = append(out.each, timing{start: t.Sub(start), took: d, refused: err != nil})
-				if err != nil {
-					out.refused++
-				}
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
 	out.client = time.Since(start)
-	up.wait(base + n - out.refused)
+	up.wait(base + n - out.refused())
 	out.endToEnd = time.Since(start)
 	out.logins = up.logins() - logins
 	out.cpu = cpu() - cpu0
